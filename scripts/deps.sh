@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# deps.sh TIER… — install what a tier needs, idempotently: apt packages only
+# when one is missing (apt-get update once, then install), Go modules always
+# (a no-op when cached). Tiers: unit, vm, demo.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+pkgs=(gcc libssl-dev)            # unit: the go-tpm-tools TPM simulator is cgo + OpenSSL
+for tier in "$@"; do
+	case "$tier" in
+	unit) ;;
+	vm | demo) pkgs+=(qemu-system-x86 ovmf swtpm swtpm-tools tpm2-tools iproute2 dnsmasq) ;;
+	*) echo "deps.sh: unknown tier $tier (want unit, vm or demo)" >&2; exit 2 ;;
+	esac
+done
+
+missing=()
+for p in "${pkgs[@]}"; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+	echo "deps: installing ${missing[*]}"
+	sudo_=""
+	[ "$(id -u)" -eq 0 ] || sudo_=sudo
+	$sudo_ apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+go mod download
