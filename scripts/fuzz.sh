@@ -6,6 +6,11 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 fuzztime=${1:-60s}
 pass=0 fail=0 failed=()
+if ! listing=$(go test -list '^Fuzz' ./... 2>&1); then
+	echo "$listing" | grep -v '^ok\|^?\|^Fuzz'
+	echo "fuzz: could not list the fuzz targets (a package does not build)"
+	exit 1
+fi
 while read -r pkg target; do
 	echo "=== FUZZ $pkg $target ($fuzztime)"
 	if go test -run '^$' -fuzz "^${target}\$" -fuzztime "$fuzztime" "$pkg" >"/tmp/fuzz.$$.log" 2>&1; then
@@ -15,7 +20,7 @@ while read -r pkg target; do
 		cat "/tmp/fuzz.$$.log"
 		fail=$((fail + 1)) failed+=("$pkg.$target")
 	fi
-done < <(go test -list '^Fuzz' ./... 2>/dev/null | awk '/^Fuzz/ {t[n++]=$1} /^ok/ {for (i=0;i<n;i++) print $2, t[i]; n=0}')
+done < <(echo "$listing" | awk '/^Fuzz/ {t[n++]=$1} /^ok/ {for (i=0;i<n;i++) print $2, t[i]; n=0}')
 rm -f "/tmp/fuzz.$$.log"
 echo "fuzz: $pass passed, $fail failed"
 [ "$fail" -eq 0 ] || { printf 'crashed: %s\n' "${failed[@]}"; exit 1; }
