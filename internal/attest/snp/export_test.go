@@ -1,0 +1,7 @@
+package snp
+
+// Exported for the external tests only.
+var (
+	LibraryOptions = libraryOptions
+	ParseCertTable = parseCertTable
+)
