@@ -55,6 +55,15 @@ func newPair() *pair {
 	return p
 }
 
+// noChallenge switches both sides to a challenge-less platform, so that
+// freshness rests on atls's binding alone.
+func (p *pair) noChallenge() *pair {
+	for _, c := range []*Config{p.client, p.server} {
+		c.Verifiers[testPlatform].(*testVerifier).noChallenge = true
+	}
+	return p
+}
+
 type result struct {
 	client, server       *Conn
 	clientErr, serverErr error
@@ -131,6 +140,7 @@ type rawPeer struct {
 	t        *testing.T
 	tc       *tls.Conn
 	exporter []byte
+	server   bool
 }
 
 // newRawPeer runs TLS on c; it may run in a goroutine, so it reports
@@ -157,7 +167,7 @@ func newRawPeer(t *testing.T, c net.Conn, server bool) *rawPeer {
 	if err != nil {
 		t.Errorf("raw peer: exporter: %v", err)
 	}
-	return &rawPeer{t: t, tc: tc, exporter: exp}
+	return &rawPeer{t: t, tc: tc, exporter: exp, server: server}
 }
 
 func (p *rawPeer) send(typ msgType, m any) {
