@@ -3,6 +3,7 @@ package tpm
 import (
 	"bytes"
 	"context"
+	"crypto"
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/binary"
@@ -218,7 +219,7 @@ func samePublicKey(pub tpm2.TPMTPublic, cert *x509.Certificate) error {
 	if err != nil {
 		return err
 	}
-	eq, ok := key.(interface{ Equal(any) bool })
+	eq, ok := key.(interface{ Equal(crypto.PublicKey) bool })
 	if !ok || !eq.Equal(cert.PublicKey) {
 		return errors.New("the EK created from the default template is not the key of the EK certificate")
 	}

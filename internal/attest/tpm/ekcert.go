@@ -70,8 +70,8 @@ func checkTCGSAN(value []byte) error {
 }
 
 // verifyEKCert checks that cert chains to roots (through intermediates) at
-// now, for the tcg-kp-EKCertificate purpose, and that its key is one an EK
-// template yields.
+// now, for the tcg-kp-EKCertificate purpose. Its key type is checked where
+// the credential is made (ekTemplateFor).
 func verifyEKCert(cert *x509.Certificate, roots, intermediates *x509.CertPool, now time.Time) error {
 	if roots == nil {
 		return errors.New("ek-cert: no pinned EK roots configured")
@@ -94,9 +94,6 @@ func verifyEKCert(cert *x509.Certificate, roots, intermediates *x509.CertPool, n
 	}
 	if !slices.ContainsFunc(cert.UnknownExtKeyUsage, oidEKCertificate.Equal) {
 		return errors.New("ek-cert: no tcg-kp-EKCertificate (2.23.133.8.1) extended key usage")
-	}
-	if _, err := ekTemplateFor(cert.PublicKey); err != nil {
-		return err
 	}
 	return nil
 }

@@ -112,22 +112,22 @@ func decodeChallenge(b []byte) (challenge, error) {
 }
 
 // kept is what the verifier keeps between Challenge and Verify: the SHA-256
-// of the identity it challenged, the AK name the credential was made for,
-// and the credential. Encoded "PALTPMK1" || u32 len || digest || u32 len ||
-// name || u32 len || secret.
+// of the identity it challenged (binding the EK certificate and the AK, whose
+// name the credential was made for) and the credential. Encoded "PALTPMK1"
+// || u32 len || digest || u32 len || secret.
 type kept struct {
-	identityDigest, akName, secret []byte
+	identityDigest, secret []byte
 }
 
-func (k kept) encode() []byte { return encodeFields(keptMagic, k.identityDigest, k.akName, k.secret) }
+func (k kept) encode() []byte { return encodeFields(keptMagic, k.identityDigest, k.secret) }
 
 func decodeKept(b []byte) (kept, error) {
-	f, err := decodeFields("kept", keptMagic, b, 32, 2+64, secretSize)
+	f, err := decodeFields("kept", keptMagic, b, 32, secretSize)
 	if err != nil {
 		return kept{}, err
 	}
-	if len(f[0]) != 32 || len(f[2]) != secretSize || len(f[1]) == 0 {
+	if len(f[0]) != 32 || len(f[1]) != secretSize {
 		return kept{}, errors.New("kept: wrong field sizes")
 	}
-	return kept{f[0], f[1], f[2]}, nil
+	return kept{f[0], f[1]}, nil
 }

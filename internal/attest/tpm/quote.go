@@ -162,7 +162,6 @@ func parseQuoteInfo(b []byte) (*quoteInfo, error) {
 
 // signature is an ECDSA TPMT_SIGNATURE (Part 2 §11.3.4).
 type signature struct {
-	hash tpm2.TPMIAlgHash
 	r, s *big.Int
 }
 
@@ -181,14 +180,12 @@ func parseSignature(b []byte) (*signature, error) {
 	if len(e.SignatureR.Buffer) > 32 || len(e.SignatureS.Buffer) > 32 {
 		return nil, errors.New("signature: ECDSA r or s longer than 32 bytes")
 	}
-	return &signature{hash: e.Hash, r: new(big.Int).SetBytes(e.SignatureR.Buffer), s: new(big.Int).SetBytes(e.SignatureS.Buffer)}, nil
+	return &signature{r: new(big.Int).SetBytes(e.SignatureR.Buffer), s: new(big.Int).SetBytes(e.SignatureS.Buffer)}, nil
 }
 
-// verify checks that key signed msg with ECDSA over SHA-256, the AK's scheme.
+// verify checks that key signed msg with ECDSA over SHA-256: the AK's scheme
+// fixes the hash, so the signature's unsigned hash field is not consulted.
 func (s *signature) verify(key *ecdsa.PublicKey, msg []byte) error {
-	if s.hash != tpm2.TPMAlgSHA256 {
-		return fmt.Errorf("signature: hash %#x, want SHA-256", s.hash)
-	}
 	d := sha256.Sum256(msg)
 	if !ecdsa.Verify(key, d[:], s.r, s.s) {
 		return errors.New("signature: quote is not signed by the AK")

@@ -101,7 +101,7 @@ func makeCredential(r io.Reader, cert *x509.Certificate, akName, id []byte) (sen
 		return nil, nil, attest.Denyf(attest.ClassInternal, "make credential: %w", err)
 	}
 	digest := sha256.Sum256(id)
-	return challenge{cred, seed}.encode(), kept{digest[:], akName, secret}.encode(), nil
+	return challenge{cred, seed}.encode(), kept{digest[:], secret}.encode(), nil
 }
 
 // parsed is the evidence after the malformed-evidence stage.
@@ -141,15 +141,14 @@ func (v *Verifier) Verify(ctx context.Context, ev *attest.Evidence, in attest.In
 	if !bytes.Equal(p.blobs[BlobEKCert], p.identity.ekCert) || !bytes.Equal(p.blobs[BlobAKPublic], p.identity.akPublic) {
 		return nil, attest.Denyf(attest.ClassChain, "evidence: EK certificate or AK differs from the identity announced")
 	}
+	// The digest binds the EK the credential was encrypted to and the AK
+	// whose name it was made for (a name is a hash of the public area).
 	if d := sha256.Sum256(in.Identity); !bytes.Equal(d[:], p.kept.identityDigest) {
 		return nil, attest.Denyf(attest.ClassChain, "identity: not the one challenged")
 	}
 	key, err := checkAK(p.akPublic, p.blobs[BlobAKPublic])
 	if err != nil {
 		return nil, attest.Deny(attest.ClassChain, err)
-	}
-	if !bytes.Equal(key.name, p.kept.akName) {
-		return nil, attest.Denyf(attest.ClassChain, "ak-public: name %x, the credential was made for %x", key.name, p.kept.akName)
 	}
 	// Part 1 §24: only the TPM holding the EK, with this AK loaded, could
 	// recover the secret; without it the AK could live anywhere.

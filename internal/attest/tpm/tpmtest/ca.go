@@ -96,12 +96,15 @@ func (ca *CA) Intermediates() *x509.CertPool {
 // tcgSAN encodes the subjectAltName of an EK certificate: one directoryName
 // holding the TPM manufacturer, model and version (EK Credential Profile
 // §3.2.9). It is critical because the subject is empty (RFC 5280 §4.2.1.6).
-func tcgSAN(manufacturer, model, version string) ([]byte, error) {
+func tcgSAN(manufacturer, model, version string, extra ...pkix.AttributeTypeAndValue) ([]byte, error) {
 	attr := func(oid asn1.ObjectIdentifier, v string) pkix.RelativeDistinguishedNameSET {
 		return pkix.RelativeDistinguishedNameSET{{Type: oid, Value: v}}
 	}
-	name, err := asn1.Marshal(pkix.RDNSequence{
-		attr(oidTPMManufacturer, manufacturer), attr(oidTPMModel, model), attr(oidTPMVersion, version)})
+	rdns := pkix.RDNSequence{attr(oidTPMManufacturer, manufacturer), attr(oidTPMModel, model), attr(oidTPMVersion, version)}
+	for _, a := range extra {
+		rdns = append(rdns, pkix.RelativeDistinguishedNameSET{a})
+	}
+	name, err := asn1.Marshal(rdns)
 	if err != nil {
 		return nil, err
 	}
@@ -109,11 +112,26 @@ func tcgSAN(manufacturer, model, version string) ([]byte, error) {
 	return asn1.Marshal([]asn1.RawValue{{Class: asn1.ClassContextSpecific, Tag: 4, IsCompound: true, Bytes: name}})
 }
 
+// EKProfile varies an EK certificate away from what vendors issue, for
+// negative tests.
+type EKProfile struct {
+	// OmitEKU leaves out the tcg-kp-EKCertificate extended key usage.
+	OmitEKU bool
+	// SANExtra are added to the SAN's directoryName after the TCG
+	// attributes.
+	SANExtra []pkix.AttributeTypeAndValue
+}
+
 // IssueEK certifies an EK public key the way TPM vendors do: empty subject,
 // critical SAN with the TCG TPM attributes, the tcg-kp-EKCertificate EKU,
 // keyEncipherment (RSA) or keyAgreement (ECC).
 func (ca *CA) IssueEK(pub crypto.PublicKey) ([]byte, error) {
-	san, err := tcgSAN("id:50414C49", "palisade-sim", "id:00010002")
+	return ca.IssueEKProfile(pub, EKProfile{})
+}
+
+// IssueEKProfile is IssueEK with the deviations of p.
+func (ca *CA) IssueEKProfile(pub crypto.PublicKey, p EKProfile) ([]byte, error) {
+	san, err := tcgSAN("id:50414C49", "palisade-sim", "id:00010002", p.SANExtra...)
 	if err != nil {
 		return nil, err
 	}
@@ -138,10 +156,10 @@ func (ca *CA) IssueEK(pub crypto.PublicKey) ([]byte, error) {
 		NotAfter:              now.Add(10 * 365 * 24 * time.Hour),
 		KeyUsage:              ku,
 		BasicConstraintsValid: true,
-		ExtraExtensions: []pkix.Extension{
-			{Id: oidSAN, Critical: true, Value: san},
-			{Id: asn1.ObjectIdentifier{2, 5, 29, 37}, Value: eku},
-		},
+		ExtraExtensions:       []pkix.Extension{{Id: oidSAN, Critical: true, Value: san}},
+	}
+	if !p.OmitEKU {
+		tmpl.ExtraExtensions = append(tmpl.ExtraExtensions, pkix.Extension{Id: asn1.ObjectIdentifier{2, 5, 29, 37}, Value: eku})
 	}
 	return x509.CreateCertificate(rand.Reader, tmpl, ca.Intermediate, pub, ca.interKey)
 }
