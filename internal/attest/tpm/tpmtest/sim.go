@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 
 	"github.com/google/go-tpm-tools/simulator"
@@ -48,6 +49,14 @@ type TPM struct {
 	EKCert []byte
 	// LogPath is a file holding Log.Bytes, standing in for securityfs.
 	LogPath string
+
+	close sync.Once
+}
+
+// Close stops the simulator early, so that another can start; the test's
+// cleanup does it otherwise.
+func (tp *TPM) Close() {
+	tp.close.Do(func() { _ = tp.RW.Close() })
 }
 
 // Start starts the simulator, provisions an EK certificate issued by
@@ -59,9 +68,9 @@ func Start(t testing.TB, cfg Config) *TPM {
 	if err != nil {
 		t.Fatalf("tpmtest: start simulator: %v", err)
 	}
-	t.Cleanup(func() { _ = sim.Close() })
 	if cfg.CA == nil {
 		if cfg.CA, err = NewCA("Palisade Test TPM Vendor"); err != nil {
+			_ = sim.Close()
 			t.Fatalf("tpmtest: %v", err)
 		}
 	}
@@ -71,9 +80,11 @@ func Start(t testing.TB, cfg Config) *TPM {
 	}
 	log, err := BuildLog(events)
 	if err != nil {
+		_ = sim.Close()
 		t.Fatalf("tpmtest: event log: %v", err)
 	}
 	tp := &TPM{RW: sim, CA: cfg.CA, Log: log, LogPath: filepath.Join(t.TempDir(), "binary_bios_measurements")}
+	t.Cleanup(tp.Close)
 	if err := os.WriteFile(tp.LogPath, log.Bytes, 0o600); err != nil {
 		t.Fatalf("tpmtest: %v", err)
 	}
