@@ -523,6 +523,49 @@ func TestDeny(t *testing.T) {
 		r := p.run(t)
 		wantClass(t, "client", r.clientErr, attest.ClassPolicy)
 	})
+	t.Run("reference-mismatch", func(t *testing.T) {
+		// A Reference func that hands back another profile's values is
+		// not used to judge this peer.
+		p := newPair()
+		p.mustSucceed(t)
+		ref, _ := p.client.Reference(context.Background(), p.server.Claims)
+		other := *ref
+		other.Profile = "other-profile"
+		p.client.Reference = func(context.Context, attest.Claims) (*attest.Reference, error) { return &other, nil }
+		r := p.run(t)
+		wantClass(t, "client", r.clientErr, attest.ClassPolicy)
+	})
+	t.Run("unsolicited-evidence", func(t *testing.T) {
+		// A server that does not verify asked for no evidence; a client
+		// that sends some anyway breaks the protocol.
+		p := newPair()
+		p.server.Verifiers, p.server.Reference, p.server.AllowUnattestedPeer = nil, nil, true
+		p.mustSucceedOneWayServer(t)
+		err := rawClient(t, p.server, func(c *rawPeer) {
+			c.send(msgClientHello, c.hello(p.client.Claims, false))
+			c.recv()
+			c.send(msgChallenge, &challenge{})
+			c.recv()
+			c.send(msgClientEvidence, &evidence{Evidence: &attest.Evidence{Platform: testPlatform}})
+			c.drain()
+		})
+		wantClass(t, "server", err, attest.ClassProtocol)
+	})
+	t.Run("challenge-without-attester", func(t *testing.T) {
+		// A server that does not attest answers a challenge request
+		// with nothing: a challenge for it is a protocol violation.
+		p := newPair()
+		p.client.Verifiers, p.client.Reference, p.client.AllowUnattestedPeer = nil, nil, true
+		p.server.Attester = nil
+		p.mustSucceedNoneVerified(t)
+		err := rawClient(t, p.server, func(c *rawPeer) {
+			c.send(msgClientHello, c.hello(p.client.Claims, true))
+			c.recv()
+			c.send(msgChallenge, &challenge{Challenge: make([]byte, testChallenge)})
+			c.drain()
+		})
+		wantClass(t, "server", err, attest.ClassProtocol)
+	})
 	t.Run("invalid-claims", func(t *testing.T) {
 		p := newPair()
 		p.mustSucceed(t)
@@ -545,6 +588,31 @@ func (p *pair) mustSucceedOneWay(t *testing.T) {
 	}
 	if r.server.PeerVerified() == nil {
 		t.Fatalf("baseline handshake: server did not verify the client")
+	}
+}
+
+// mustSucceedOneWayServer is mustSucceed for a server that does not verify.
+func (p *pair) mustSucceedOneWayServer(t *testing.T) {
+	t.Helper()
+	r := p.run(t)
+	if r.clientErr != nil || r.serverErr != nil {
+		t.Fatalf("baseline handshake failed: client: %v; server: %v", r.clientErr, r.serverErr)
+	}
+	if r.client.PeerVerified() == nil || r.server.PeerVerified() != nil {
+		t.Fatalf("baseline handshake: want only the client to verify")
+	}
+}
+
+// mustSucceedNoneVerified is the baseline when only the server verifies
+// an attesting client and the client accepts an unattested server.
+func (p *pair) mustSucceedNoneVerified(t *testing.T) {
+	t.Helper()
+	r := p.run(t)
+	if r.clientErr != nil || r.serverErr != nil {
+		t.Fatalf("baseline handshake failed: client: %v; server: %v", r.clientErr, r.serverErr)
+	}
+	if r.client.PeerVerified() != nil || r.server.PeerVerified() == nil {
+		t.Fatalf("baseline handshake: want only the server to verify")
 	}
 }
 
