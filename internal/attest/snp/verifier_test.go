@@ -582,4 +582,3 @@ func BenchmarkFloor(b *testing.B) {
 		}
 	}
 }
-
