@@ -6,6 +6,8 @@ import (
 	"maps"
 	"testing"
 
+	"github.com/google/go-tpm/tpm2"
+
 	"github.com/palisade-cc/palisade/internal/attest"
 	"github.com/palisade-cc/palisade/internal/attest/tpm/tpmtest"
 )
@@ -86,4 +88,14 @@ func wantDeny(t *testing.T, err error, want attest.Class) {
 		t.Fatalf("denied with class %q (%v), want %q", got, err, want)
 	}
 	t.Logf("denied as expected: %v", err)
+}
+
+// akPubParsed is the attester's AK public area, parsed.
+func (a *Attester) akPubParsed(t testing.TB) *tpm2.TPMTPublic {
+	t.Helper()
+	p, err := decodeAK(a.akPub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
 }
