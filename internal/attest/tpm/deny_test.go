@@ -351,6 +351,13 @@ func TestDeny(t *testing.T) {
 		})
 	})
 
+	t.Run("wrong-platform", func(t *testing.T) {
+		ev := base.evidence()
+		ev.Platform = attest.PlatformSNP
+		_, err := base.verify(ev, base.input())
+		wantDeny(t, err, attest.ClassMalformed)
+	})
+
 	t.Run("oversized-evidence", func(t *testing.T) {
 		t.Run("blob", func(t *testing.T) {
 			ev := base.evidence()

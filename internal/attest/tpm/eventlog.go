@@ -240,10 +240,7 @@ func parseEvent2(r *logReader, algs []digestAlg, i int) (event, error) {
 		ev.digests[id] = r.take(size, "digest")
 	}
 	size := r.u32("event size")
-	if r.err == nil && uint64(size) > uint64(len(r.b)-r.off) {
-		return event{}, fmt.Errorf("event log: event %d at offset %d: event size %d, %d bytes left", i, start, size, len(r.b)-r.off)
-	}
-	ev.data = r.take(int(size), "event data")
+	ev.data = r.take(int(min(size, uint32(len(r.b)+1))), "event data")
 	if r.err != nil {
 		return event{}, fmt.Errorf("event %d: %w", i, r.err)
 	}

@@ -3,6 +3,7 @@ package tpm
 import (
 	"bytes"
 	"crypto/sha256"
+	"encoding/binary"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -61,6 +62,27 @@ func TestReplayRejects(t *testing.T) {
 			}
 		})
 	}
+	t.Run("sha1-only", func(t *testing.T) {
+		// A crypto-agile log with only a SHA-1 bank: nothing to replay the
+		// SHA-256 PCRs with.
+		var b []byte
+		le := func(v uint32) { b = binary.LittleEndian.AppendUint32(b, v) }
+		spec := append([]byte("Spec ID Event03\x00"), 0, 0, 0, 0, 0, 2, 0, 2, 1, 0, 0, 0, 0x04, 0, 20, 0, 0)
+		le(0)
+		le(evNoAction)
+		b = append(b, make([]byte, 20)...)
+		le(uint32(len(spec)))
+		b = append(b, spec...)
+		le(4)
+		le(uint32(tpmtest.EvSeparator))
+		le(1)
+		b = append(b, 0x04, 0)
+		b = append(b, make([]byte, 20)...)
+		le(0)
+		if _, err := Replay(b); err == nil {
+			t.Fatal("replayed")
+		}
+	})
 	good, _ := tpmtest.BuildLog(tpmtest.DefaultBoot().Events())
 	for name, mutate := range map[string]func([]byte) []byte{
 		"empty": func([]byte) []byte { return nil },
