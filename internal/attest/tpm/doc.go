@@ -14,4 +14,9 @@
 //	signature   the TPMT_SIGNATURE over it (Part 2 §11.3.4)
 //	pcrs        the quoted PCR values in selection order, concatenated
 //	eventlog    the UEFI event log, crypto-agile format (PC Client PFP §10.2)
+//
+// Identity, challenge and kept values are a magic ("PALTPMI1", "PALTPMC1",
+// "PALTPMK1") followed by big-endian u32-length-prefixed fields: EK
+// certificate and AK TPMT_PUBLIC; credential blob and encrypted seed;
+// SHA-256 of the identity and the credential secret.
 package tpm
