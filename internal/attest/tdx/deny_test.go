@@ -1,6 +1,7 @@
 package tdx_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -130,6 +131,32 @@ func denyCases() map[string]denyCase {
 			evil := otherPKI(t)
 			c.withCollateral(t, tdxtest.Collateral{SignKey: evil.TCBSignKey, SignCert: tdxtest.PEM(evil.TCBSign)})
 		}},
+		// TCB info changed after signing (an OutOfDate level relabelled).
+		"forged-chain/collateral-changed-after-signing": {class: attest.ClassChain, mutate: func(t *testing.T, c *scene) {
+			files, err := tdxtest.Collateral{}.Files(c.f.PKI)
+			if err != nil {
+				t.Fatal(err)
+			}
+			name := tdx.TCBInfoFile(c.f.FMSPC())
+			files[name].Data = bytes.Replace(files[name].Data, []byte(`"OutOfDate"`), []byte(`"UpToDate"`), 1)
+			c.v.Getter = &tdx.Bundle{FS: files}
+			c.withBody(t, func(b *tdxtest.Body) { b.TeeTCBSVN = tdxtest.OutOfDateSVN })
+		}},
+		// A PCK CRL that hides a revocation, signed by someone other than
+		// the PCK CA.
+		"forged-chain/pck-crl-not-signed-by-pck-ca": {class: attest.ClassChain, mutate: func(t *testing.T, c *scene) {
+			files, err := tdxtest.Collateral{RevokedPCK: []*big.Int{c.f.PKI.PCK.SerialNumber}}.Files(c.f.PKI)
+			if err != nil {
+				t.Fatal(err)
+			}
+			evil := otherPKI(t)
+			crl, err := tdxtest.CRL(evil.PCKCA, evil.PCKCAKey, tdxtest.Epoch.AddDate(0, 0, -1), tdxtest.Epoch.AddDate(0, 0, 1))
+			if err != nil {
+				t.Fatal(err)
+			}
+			files[tdx.PCKCRLFile("platform")].Data = crl
+			c.v.Getter = &tdx.Bundle{FS: files}
+		}},
 		"revoked-pck": {class: attest.ClassRevoked, mutate: func(t *testing.T, c *scene) {
 			c.withCollateral(t, tdxtest.Collateral{RevokedPCK: []*big.Int{c.f.PKI.PCK.SerialNumber}})
 		}},
@@ -242,7 +269,8 @@ func denyCases() map[string]denyCase {
 			c.ev.Blobs[tdx.BlobQuote] = q[:len(q)-100]
 		}},
 		"oversized-evidence": {class: attest.ClassMalformed, mutate: func(t *testing.T, c *scene) {
-			c.ev.Blobs[tdx.BlobCCEL] = make([]byte, attest.MaxBlobSize+1)
+			// A log that replays correctly, padded one byte past the bound.
+			c.ev.Blobs[tdx.BlobCCEL] = c.f.Log.Bytes(attest.MaxBlobSize + 1 - len(c.f.Log.Bytes(0)))
 		}},
 		"unknown-blob": {class: attest.ClassMalformed, mutate: func(t *testing.T, c *scene) {
 			c.ev.Blobs["vtpm"] = []byte{1}
