@@ -122,7 +122,14 @@ type pckChain struct {
 }
 
 // Verify implements attest.Verifier, in the order of ARCHITECTURE §4.
-func (v *Verifier) Verify(ctx context.Context, ev *attest.Evidence, in attest.Input) (*attest.Verified, error) {
+func (v *Verifier) Verify(ctx context.Context, ev *attest.Evidence, in attest.Input) (out *attest.Verified, err error) {
+	// Certificate and collateral parsing happens in libraries too; whatever
+	// panics on hostile input is a denial, never a crash.
+	defer func() {
+		if r := recover(); r != nil {
+			out, err = nil, attest.Denyf(attest.ClassMalformed, "tdx verify: panic on input: %v", r)
+		}
+	}()
 	ref := in.Reference
 	if ref == nil || ref.Platform != attest.PlatformTDX || ref.TDX == nil {
 		return nil, attest.Denyf(attest.ClassInternal, "tdx verify: reference is not a TDX reference")

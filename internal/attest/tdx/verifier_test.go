@@ -76,3 +76,42 @@ func writeCCEL(t *testing.T, b []byte) string {
 	}
 	return p
 }
+
+func TestAttesterErrors(t *testing.T) {
+	f := fixture(t)
+	b := tdxtest.Binding(2)
+	a := &tdx.Attester{Transport: &tdxtest.Transport{F: f}, CCELPath: t.TempDir() + "/missing"}
+	if _, err := a.Attest(context.Background(), nil, b); err == nil {
+		t.Error("Attest without a CC event log succeeded")
+	}
+	a.CCELPath = writeCCEL(t, f.Log.Bytes(0))
+	if _, err := a.Attest(context.Background(), []byte("challenge"), b); err == nil {
+		t.Error("Attest accepted a challenge")
+	}
+	if _, err := a.Attest(context.Background(), nil, attest.Binding{}); err == nil {
+		t.Error("Attest accepted an invalid binding")
+	}
+	a.CCELPath = writeCCEL(t, make([]byte, attest.MaxBlobSize+1))
+	if _, err := a.Attest(context.Background(), nil, b); err == nil {
+		t.Error("Attest accepted an oversized CC event log")
+	}
+	if id, err := a.Identity(context.Background()); id != nil || err != nil {
+		t.Errorf("Identity = %x, %v; want nil, nil", id, err)
+	}
+}
+
+func TestVerifyRejectsBadReference(t *testing.T) {
+	f := fixture(t)
+	b := tdxtest.Binding(4)
+	ev := evidence(t, f, b)
+	ref := f.Reference()
+	ref.TDX.MRTD = ref.TDX.MRTD[:10]
+	_, err := verifierFor(f).Verify(context.Background(), ev, attest.Input{Binding: b, Reference: ref})
+	if attest.ClassOf(err) != attest.ClassInternal {
+		t.Errorf("bad reference: %v, want class internal", err)
+	}
+	_, err = verifierFor(f).Verify(context.Background(), ev, attest.Input{Binding: b})
+	if attest.ClassOf(err) != attest.ClassInternal {
+		t.Errorf("no reference: %v, want class internal", err)
+	}
+}
