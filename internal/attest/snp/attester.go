@@ -88,13 +88,17 @@ func (DeviceTransport) GetExtendedReport(_ context.Context, rd [64]byte) ([]byte
 // DefaultTransport picks configfs-tsm if the kernel offers it, else the
 // sev-guest device, else fails naming both.
 func DefaultTransport() (Transport, error) {
-	if fi, err := os.Stat(configfsTSMReport); err == nil && fi.IsDir() {
+	return pickTransport(configfsTSMReport, sevGuestDevice)
+}
+
+func pickTransport(tsm, dev string) (Transport, error) {
+	if fi, err := os.Stat(tsm); err == nil && fi.IsDir() {
 		return ConfigFSTransport{}, nil
 	}
-	if _, err := os.Stat(sevGuestDevice); err == nil {
+	if _, err := os.Stat(dev); err == nil {
 		return DeviceTransport{}, nil
 	}
-	return nil, fmt.Errorf("no SEV-SNP guest interface: neither %s nor %s exists", configfsTSMReport, sevGuestDevice)
+	return nil, fmt.Errorf("no SEV-SNP guest interface: neither %s nor %s exists", tsm, dev)
 }
 
 // Attester produces SEV-SNP evidence.

@@ -4,4 +4,5 @@ package snp
 var (
 	LibraryOptions = libraryOptions
 	ParseCertTable = parseCertTable
+	PickTransport  = pickTransport
 )

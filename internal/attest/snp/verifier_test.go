@@ -7,6 +7,8 @@ import (
 	"crypto/sha512"
 	"crypto/x509"
 	"encoding/hex"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -330,9 +332,9 @@ func TestDeny(t *testing.T) {
 		{"platform-smt", mutate(func(r *spb.Report) { r.PlatformInfo |= 1 }),
 			attest.ClassPolicy, "PLATFORM_INFO.SMT_EN"},
 		{"vmpl-nonzero", mutate(func(r *spb.Report) { r.Vmpl = 1 }),
-			attest.ClassPolicy, "VMPL 1"},
+			attest.ClassPolicy, "report VMPL 1, want 0"},
 		{"guest-svn-below-minimum", mutate(func(r *spb.Report) { r.GuestSvn = 0 }),
-			attest.ClassPolicy, "GUEST_SVN"},
+			attest.ClassPolicy, "GUEST_SVN 0 below the minimum 1"},
 		{"chip-id-masked", mutate(func(r *spb.Report) {
 			r.SignerInfo = abi.ComposeSignerInfo(abi.SignerInfo{SigningKey: abi.VcekReportSigner, MaskChipKey: true})
 		}), attest.ClassPolicy, "masked"},
@@ -427,6 +429,16 @@ func TestLibraryGate(t *testing.T) {
 		att := &spb.Attestation{Report: r, CertificateChain: &spb.CertificateChain{VcekCert: ek.Raw}}
 		return validate.SnpAttestation(att, snp.LibraryOptions(r, abi.VcekReportSigner, exts, ref, rd,
 			ref.HostData, make([]byte, 16), make([]byte, 16)))
+	}
+	// REPORTED_TCB alone below a raised minimum (LAUNCH_TCB meets it).
+	raised := *ref
+	raised.MinTCB.SNP++
+	r := f.chain.Report(rd)
+	r.LaunchTcb = snp.ComposeTCB("Milan", raised.MinTCB)
+	att := &spb.Attestation{Report: r, CertificateChain: &spb.CertificateChain{VcekCert: f.chain.VCEK.Raw}}
+	if err := validate.SnpAttestation(att, snp.LibraryOptions(r, abi.VcekReportSigner, exts, &raised, rd,
+		ref.HostData, make([]byte, 16), make([]byte, 16))); err == nil {
+		t.Errorf("min-tcb: go-sev-guest validate accepted REPORTED_TCB below the minimum")
 	}
 	if err := run(f.chain.Report(rd), f.chain.VCEK); err != nil {
 		t.Fatalf("valid report: %v", err)
@@ -579,6 +591,48 @@ func BenchmarkFloor(b *testing.B) {
 		}
 		if err := ask.CheckSignatureFrom(ark); err != nil {
 			b.Fatal(err)
+		}
+	}
+}
+
+func TestPickTransport(t *testing.T) {
+	dir := t.TempDir()
+	tsm, dev := filepath.Join(dir, "tsm", "report"), filepath.Join(dir, "sev-guest")
+	if _, err := snp.PickTransport(tsm, dev); err == nil || !strings.Contains(err.Error(), tsm) || !strings.Contains(err.Error(), dev) {
+		t.Errorf("neither interface: %v, want an error naming both", err)
+	}
+	if err := os.WriteFile(dev, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if tr, err := snp.PickTransport(tsm, dev); err != nil || tr != (snp.DeviceTransport{}) {
+		t.Errorf("device only: %T, %v; want DeviceTransport", tr, err)
+	}
+	if err := os.MkdirAll(tsm, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if tr, err := snp.PickTransport(tsm, dev); err != nil || tr != (snp.ConfigFSTransport{}) {
+		t.Errorf("both: %T, %v; want ConfigFSTransport (preferred)", tr, err)
+	}
+}
+
+func TestVerifyConcurrent(t *testing.T) {
+	f := newFixture(t)
+	ev := f.evidence(t, nil)
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for i := 0; i < 8; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, err := f.v.Verify(context.Background(), ev, f.in)
+			errs <- err
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Error(err)
 		}
 	}
 }
