@@ -5,4 +5,5 @@ var (
 	LibraryOptions = libraryOptions
 	ParseCertTable = parseCertTable
 	PickTransport  = pickTransport
+	ParseEvidence  = parseEvidence
 )
