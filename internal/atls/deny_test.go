@@ -53,6 +53,28 @@ func TestDeny(t *testing.T) {
 		}
 	})
 
+	t.Run("replay/stale-nonce", func(t *testing.T) {
+		// Evidence made on this connection but for a nonce that is not
+		// the verifier's (precomputed, or from an earlier exchange).
+		stale := make([]byte, attest.NonceSize)
+		t.Run("server-evidence", func(t *testing.T) {
+			p := newPair().noChallenge()
+			p.mustSucceed(t)
+			claims := p.server.Claims
+			p.sAtt.mutate = func(b *attest.Binding) { *b = binding(testCluster, &claims, b.Exporter, stale) }
+			r := p.run(t)
+			wantClass(t, "client", r.clientErr, attest.ClassBinding)
+		})
+		t.Run("client-evidence", func(t *testing.T) {
+			p := newPair().noChallenge()
+			p.mustSucceed(t)
+			claims := p.client.Claims
+			p.cAtt.mutate = func(b *attest.Binding) { *b = binding(testCluster, &claims, b.Exporter, stale) }
+			r := p.run(t)
+			wantClass(t, "server", r.serverErr, attest.ClassBinding)
+		})
+	})
+
 	t.Run("relay", func(t *testing.T) {
 		// A man in the middle terminates the victim's session and opens
 		// its own to a genuine peer, forwarding every message (nonces,
@@ -122,7 +144,8 @@ func TestDeny(t *testing.T) {
 			p.mustSucceed(t)
 			// The client's evidence is for another cluster (its own
 			// view of the server is this cluster's, so it proceeds).
-			p.cAtt.mutate = func(b *attest.Binding) { b.ClusterID = "other-cluster" }
+			claims := p.client.Claims
+			p.cAtt.mutate = func(b *attest.Binding) { *b = binding("other-cluster", &claims, b.Exporter, b.Nonce) }
 			r := p.run(t)
 			wantClass(t, "server", r.serverErr, attest.ClassBinding)
 		})
@@ -132,6 +155,17 @@ func TestDeny(t *testing.T) {
 		t.Run("node-evidence-as-keyd", func(t *testing.T) {
 			// The server's evidence was made for role node; it claims
 			// keyd in its hello.
+			p := newPair()
+			p.mustSucceed(t)
+			asNode := p.server.Claims
+			asNode.Role = attest.RoleNode
+			p.sAtt.mutate = func(b *attest.Binding) { *b = binding(testCluster, &asNode, b.Exporter, b.Nonce) }
+			r := p.run(t)
+			wantClass(t, "client", r.clientErr, attest.ClassBinding)
+		})
+		t.Run("role-field", func(t *testing.T) {
+			// Only the binding's role differs (the claims digest is the
+			// keyd's): the role is checked on its own too.
 			p := newPair()
 			p.mustSucceed(t)
 			p.sAtt.mutate = func(b *attest.Binding) { b.Role = attest.RoleNode }
@@ -158,22 +192,31 @@ func TestDeny(t *testing.T) {
 	})
 
 	t.Run("tls-unbound", func(t *testing.T) {
+		// Report data computed over another exporter than this
+		// connection's (an earlier connection's, or none at all).
 		other := make([]byte, attest.ExporterSize)
 		rand.Read(other)
-		t.Run("server", func(t *testing.T) {
-			p := newPair()
-			p.mustSucceed(t)
-			p.sAtt.mutate = func(b *attest.Binding) { b.Exporter = other }
-			r := p.run(t)
-			wantClass(t, "client", r.clientErr, attest.ClassBinding)
-		})
-		t.Run("client", func(t *testing.T) {
-			p := newPair()
-			p.mustSucceed(t)
-			p.cAtt.mutate = func(b *attest.Binding) { b.Exporter = other }
-			r := p.run(t)
-			wantClass(t, "server", r.serverErr, attest.ClassBinding)
-		})
+		for _, exp := range []struct {
+			name string
+			v    []byte
+		}{{"other-exporter", other}, {"zero-exporter", make([]byte, attest.ExporterSize)}} {
+			t.Run(exp.name+"/server", func(t *testing.T) {
+				p := newPair().noChallenge()
+				p.mustSucceed(t)
+				claims := p.server.Claims
+				p.sAtt.mutate = func(b *attest.Binding) { *b = binding(testCluster, &claims, exp.v, b.Nonce) }
+				r := p.run(t)
+				wantClass(t, "client", r.clientErr, attest.ClassBinding)
+			})
+			t.Run(exp.name+"/client", func(t *testing.T) {
+				p := newPair().noChallenge()
+				p.mustSucceed(t)
+				claims := p.client.Claims
+				p.cAtt.mutate = func(b *attest.Binding) { *b = binding(testCluster, &claims, exp.v, b.Nonce) }
+				r := p.run(t)
+				wantClass(t, "server", r.serverErr, attest.ClassBinding)
+			})
+		}
 	})
 
 	t.Run("unattested-server", func(t *testing.T) {
@@ -272,7 +315,7 @@ func TestDeny(t *testing.T) {
 		// another (a different WireGuard key).
 		bound := func(c attest.Claims) func(*attest.Binding) {
 			c.WireGuardKey = bytes.Repeat([]byte{1}, 32)
-			return func(b *attest.Binding) { b.ClaimsDigest = c.Digest() }
+			return func(b *attest.Binding) { *b = binding(testCluster, &c, b.Exporter, b.Nonce) }
 		}
 		t.Run("server", func(t *testing.T) {
 			p := newPair()
@@ -371,6 +414,20 @@ func TestDeny(t *testing.T) {
 				t.Errorf("%s: denied after %s, want about %s", who, el, limit)
 			}
 		}
+		// within fails the test if f does not return in time, instead
+		// of hanging on a handshake that is never cut off.
+		within := func(t *testing.T, f func() error) error {
+			t.Helper()
+			errc := make(chan error, 1)
+			go func() { errc <- f() }()
+			select {
+			case err := <-errc:
+				return err
+			case <-time.After(limit + 3*time.Second):
+				t.Fatalf("handshake not cut off after %s", limit+3*time.Second)
+				return nil
+			}
+		}
 		t.Run("server-stalls", func(t *testing.T) {
 			p := newPair()
 			p.mustSucceed(t)
@@ -380,7 +437,7 @@ func TestDeny(t *testing.T) {
 				s.drain() // never answers
 			})
 			start := time.Now()
-			_, err := Dial(context.Background(), "tcp", addr, p.client)
+			err := within(t, func() error { _, err := Dial(context.Background(), "tcp", addr, p.client); return err })
 			cutOff(t, "client", err, start)
 			<-done
 		})
@@ -396,7 +453,7 @@ func TestDeny(t *testing.T) {
 				}
 			}()
 			start := time.Now()
-			_, err := Dial(context.Background(), "tcp", ln.Addr().String(), p.client)
+			err := within(t, func() error { _, err := Dial(context.Background(), "tcp", ln.Addr().String(), p.client); return err })
 			cutOff(t, "client", err, start)
 		})
 		t.Run("client-stalls", func(t *testing.T) {
@@ -404,8 +461,10 @@ func TestDeny(t *testing.T) {
 			p.mustSucceed(t)
 			p.server.HandshakeTimeout = limit
 			start := time.Now()
-			err := rawClient(t, p.server, func(c *rawPeer) {
-				c.drain() // never says hello
+			err := within(t, func() error {
+				return rawClient(t, p.server, func(c *rawPeer) {
+					c.drain() // never says hello
+				})
 			})
 			cutOff(t, "server", err, start)
 		})
@@ -416,7 +475,7 @@ func TestDeny(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), limit)
 			defer cancel()
 			start := time.Now()
-			_, err := Dial(ctx, "tcp", addr, p.client)
+			err := within(t, func() error { _, err := Dial(ctx, "tcp", addr, p.client); return err })
 			cutOff(t, "client", err, start)
 			<-done
 		})
@@ -484,6 +543,9 @@ func TestDeny(t *testing.T) {
 			c.drain()
 		})
 		wantClass(t, "server", err, attest.ClassProtocol)
+		if !strings.Contains(err.Error(), "unknown") || !strings.Contains(err.Error(), "type 7") {
+			t.Errorf("err %v, want it to name unknown type 7", err)
+		}
 	})
 	t.Run("early-verdict", func(t *testing.T) {
 		p := newPair()
@@ -560,8 +622,25 @@ func TestDeny(t *testing.T) {
 		p.mustSucceedNoneVerified(t)
 		err := rawClient(t, p.server, func(c *rawPeer) {
 			c.send(msgClientHello, c.hello(p.client.Claims, true))
-			c.recv()
+			_, m := c.recv()
+			sh, ok := m.(*hello)
+			if !ok {
+				t.Errorf("raw client: got %T, want a server hello", m)
+				return
+			}
 			c.send(msgChallenge, &challenge{Challenge: make([]byte, testChallenge)})
+			if typ, _ := c.recv(); typ != msgServerEvidence {
+				return // denied, as it should
+			}
+			// Otherwise finish like an honest client, so that a server
+			// that let the stray challenge pass would accept us.
+			ev, err := p.cAtt.Attest(context.Background(), sh.Challenge,
+				binding(testCluster, &p.client.Claims, c.exporter, sh.Nonce))
+			if err != nil {
+				t.Errorf("raw client: attest: %v", err)
+				return
+			}
+			c.send(msgClientEvidence, &evidence{Evidence: ev})
 			c.drain()
 		})
 		wantClass(t, "server", err, attest.ClassProtocol)

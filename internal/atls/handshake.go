@@ -327,13 +327,7 @@ func (s *session) verifyPeer(ctx context.Context, p *peerPlan, peer *hello, nonc
 	// The binding is computed from this side's view: our exporter, our
 	// nonce, our cluster, the peer's claimed role and claims.
 	in := attest.Input{
-		Binding: attest.Binding{
-			Role:         peer.Claims.Role,
-			ClusterID:    s.cfg.ClusterID,
-			Exporter:     s.exporter,
-			Nonce:        nonce,
-			ClaimsDigest: peer.Claims.Digest(),
-		},
+		Binding:   binding(s.cfg.ClusterID, &peer.Claims, s.exporter, nonce),
 		Identity:  peer.Identity,
 		Kept:      p.keep,
 		Reference: p.reference,
@@ -348,20 +342,29 @@ func (s *session) verifyPeer(ctx context.Context, p *peerPlan, peer *hello, nonc
 	return v, nil
 }
 
+// binding is what the evidence of an attester with claims c commits to in
+// the session with this exporter, answering the verifier's nonce
+// (ARCHITECTURE §4.2). Both sides compute it here, each from its own view:
+// the attester from its claims, the verifier from the claims the peer sent.
+// The role is the claimed role, so evidence for one role cannot pass for
+// another.
+func binding(cluster string, c *attest.Claims, exporter, nonce []byte) attest.Binding {
+	return attest.Binding{
+		Role:         c.Role,
+		ClusterID:    cluster,
+		Exporter:     exporter,
+		Nonce:        nonce,
+		ClaimsDigest: c.Digest(),
+	}
+}
+
 // attest produces this side's evidence if the peer verifies; nil otherwise.
 func (s *session) attest(ctx context.Context, peer *hello, ch []byte) (*attest.Evidence, error) {
 	a := s.cfg.Attester
 	if a == nil || !peer.Verify {
 		return nil, nil
 	}
-	b := attest.Binding{
-		Role:         s.cfg.Claims.Role,
-		ClusterID:    s.cfg.ClusterID,
-		Exporter:     s.exporter,
-		Nonce:        peer.Nonce,
-		ClaimsDigest: s.cfg.Claims.Digest(),
-	}
-	ev, err := a.Attest(ctx, ch, b)
+	ev, err := a.Attest(ctx, ch, binding(s.cfg.ClusterID, &s.cfg.Claims, s.exporter, peer.Nonce))
 	if err != nil {
 		return nil, attest.Denyf(attest.ClassInternal, "attest: %w", err)
 	}
