@@ -10,6 +10,8 @@ import (
 	"fmt"
 
 	"github.com/google/go-tpm/tpm2"
+
+	"github.com/palisade-cc/palisade/internal/attest"
 )
 
 // akUnique makes Palisade's AK a key of its own: a primary key is derived
@@ -75,6 +77,20 @@ func unmarshal[T tpm2.Marshallable, P interface {
 type ak struct {
 	pub  *ecdsa.PublicKey
 	name []byte // TPM2B_NAME body: nameAlg || H(TPMT_PUBLIC), Part 1 §16
+}
+
+// parseAK decodes and checks an AK's public area, denying a malformed one
+// as malformed and an unacceptable one as a broken chain of trust.
+func parseAK(b []byte) (*ak, error) {
+	pub, err := decodeAK(b)
+	if err != nil {
+		return nil, attest.Deny(attest.ClassMalformed, err)
+	}
+	key, err := checkAK(pub, b)
+	if err != nil {
+		return nil, attest.Deny(attest.ClassChain, err)
+	}
+	return key, nil
 }
 
 // decodeAK parses an AK's TPMT_PUBLIC.

@@ -46,7 +46,7 @@ func newFixture(t testing.TB, cfg tpmtest.Config, tweak func(*Attester)) *fixtur
 	if tweak != nil {
 		tweak(f.att)
 	}
-	f.ver = &Verifier{Roots: f.sim.CA.Roots(), Intermediates: f.sim.CA.Intermediates()}
+	f.ver = NewVerifier(f.sim.CA.Roots(), f.sim.CA.Intermediates())
 	f.ref = f.sim.Reference("test-profile")
 	ctx := context.Background()
 	if f.id, err = f.att.Identity(ctx); err != nil {

@@ -32,6 +32,29 @@ type Verifier struct {
 	Now func() time.Time
 	// Rand makes the credential's secret and seed; nil means crypto/rand.
 	Rand io.Reader
+	// Cache, if set, remembers the EK chains and AKs this verifier checked
+	// (see Cache); nil checks them in Challenge and again in Verify.
+	Cache *Cache
+}
+
+// NewVerifier returns a Verifier pinned to roots (and intermediates, which
+// may be nil), with a chain cache sized for a boot storm.
+func NewVerifier(roots, intermediates *x509.CertPool) *Verifier {
+	return &Verifier{Roots: roots, Intermediates: intermediates, Cache: NewCache(4096)}
+}
+
+// checkEK verifies cert's chain to the pinned roots, or finds that this
+// verifier already did, against the same pools, recently.
+func (v *Verifier) checkEK(cert *x509.Certificate) error {
+	now := v.now()
+	if v.Cache.chainHit(cert, v.Roots, v.Intermediates, now) {
+		return nil
+	}
+	if err := verifyEKCert(cert, v.Roots, v.Intermediates, now); err != nil {
+		return err
+	}
+	v.Cache.addChain(cert, v.Roots, v.Intermediates, now)
+	return nil
 }
 
 var _ attest.Verifier = (*Verifier)(nil)
@@ -67,16 +90,12 @@ func (v *Verifier) Challenge(id []byte) (send, keep []byte, err error) {
 	if err != nil {
 		return nil, nil, attest.Denyf(attest.ClassMalformed, "ek-cert: %w", err)
 	}
-	if err := verifyEKCert(cert, v.Roots, v.Intermediates, v.now()); err != nil {
+	if err := v.checkEK(cert); err != nil {
 		return nil, nil, attest.Deny(attest.ClassChain, err)
 	}
-	pub, err := decodeAK(ident.akPublic)
+	key, err := v.Cache.ak(ident.akPublic)
 	if err != nil {
-		return nil, nil, attest.Deny(attest.ClassMalformed, err)
-	}
-	key, err := checkAK(pub, ident.akPublic)
-	if err != nil {
-		return nil, nil, attest.Deny(attest.ClassChain, err)
+		return nil, nil, err
 	}
 	return makeCredential(v.rand(), cert, key.name, id)
 }
@@ -110,7 +129,10 @@ type parsed struct {
 	identity identity
 	kept     kept
 	ekCert   *x509.Certificate
-	akPublic *tpm2.TPMTPublic
+	// ak, or akErr: a malformed AK denies at parsing, an unacceptable one
+	// (attributes, curve) in the chain-of-trust stage.
+	ak       *ak
+	akErr    error
 	quote    *attestation
 	sig      *signature
 	replayed map[int][]byte
@@ -126,7 +148,7 @@ func (v *Verifier) Verify(ctx context.Context, ev *attest.Evidence, in attest.In
 	if err != nil {
 		return nil, err
 	}
-	p, err := parseEvidence(ev, in)
+	p, err := v.parseEvidence(ev, in)
 	if err != nil {
 		return nil, err
 	}
@@ -135,7 +157,7 @@ func (v *Verifier) Verify(ctx context.Context, ev *attest.Evidence, in attest.In
 	}
 
 	// Chain of trust.
-	if err := verifyEKCert(p.ekCert, v.Roots, v.Intermediates, v.now()); err != nil {
+	if err := v.checkEK(p.ekCert); err != nil {
 		return nil, attest.Deny(attest.ClassChain, err)
 	}
 	if !bytes.Equal(p.blobs[BlobEKCert], p.identity.ekCert) || !bytes.Equal(p.blobs[BlobAKPublic], p.identity.akPublic) {
@@ -146,10 +168,10 @@ func (v *Verifier) Verify(ctx context.Context, ev *attest.Evidence, in attest.In
 	if d := sha256.Sum256(in.Identity); !bytes.Equal(d[:], p.kept.identityDigest) {
 		return nil, attest.Denyf(attest.ClassChain, "identity: not the one challenged")
 	}
-	key, err := checkAK(p.akPublic, p.blobs[BlobAKPublic])
-	if err != nil {
-		return nil, attest.Deny(attest.ClassChain, err)
+	if p.akErr != nil {
+		return nil, p.akErr
 	}
+	key := p.ak
 	// Part 1 §24: only the TPM holding the EK, with this AK loaded, could
 	// recover the secret; without it the AK could live anywhere.
 	if subtle.ConstantTimeCompare(p.blobs[BlobActivation], p.kept.secret) != 1 {
@@ -245,7 +267,7 @@ func checkInput(v *Verifier, in attest.Input) (*attest.Reference, error) {
 // parseEvidence is the malformed-evidence stage: every blob present, none
 // unknown, each parsed. The kept value is the verifier's own; a bad one is
 // an internal failure.
-func parseEvidence(ev *attest.Evidence, in attest.Input) (*parsed, error) {
+func (v *Verifier) parseEvidence(ev *attest.Evidence, in attest.Input) (*parsed, error) {
 	if err := ev.Check(attest.PlatformTPM); err != nil {
 		return nil, err
 	}
@@ -272,8 +294,8 @@ func parseEvidence(ev *attest.Evidence, in attest.Input) (*parsed, error) {
 	if p.ekCert, err = x509.ParseCertificate(p.blobs[BlobEKCert]); err != nil {
 		return nil, attest.Denyf(attest.ClassMalformed, "ek-cert: %w", err)
 	}
-	if p.akPublic, err = decodeAK(p.blobs[BlobAKPublic]); err != nil {
-		return nil, attest.Deny(attest.ClassMalformed, err)
+	if p.ak, p.akErr = v.Cache.ak(p.blobs[BlobAKPublic]); attest.ClassOf(p.akErr) == attest.ClassMalformed {
+		return nil, p.akErr
 	}
 	if p.quote, err = parseAttestation(p.blobs[BlobQuote]); err != nil {
 		return nil, attest.Deny(attest.ClassMalformed, err)
