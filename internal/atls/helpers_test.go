@@ -213,6 +213,7 @@ func rawServer(t *testing.T, script func(p *rawPeer)) (string, <-chan struct{}) 
 	t.Helper()
 	ln := listen(t)
 	done := make(chan struct{})
+	t.Cleanup(func() { ln.Close(); <-done })
 	go func() {
 		defer close(done)
 		c, err := ln.Accept()
@@ -261,7 +262,10 @@ func rawClient(t *testing.T, cfg *Config, script func(p *rawPeer)) error {
 func relay(t *testing.T, target string) string {
 	t.Helper()
 	ln := listen(t)
+	finished := make(chan struct{})
+	t.Cleanup(func() { ln.Close(); <-finished })
 	go func() {
+		defer close(finished)
 		c, err := ln.Accept()
 		if err != nil {
 			return
