@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"os"
 	"sync"
 	"sync/atomic"
 
@@ -174,8 +175,15 @@ func (v *testVerifier) Verify(_ context.Context, ev *attest.Evidence, in attest.
 	}, nil
 }
 
-// testKeys is the pinned test key, made once per test binary.
+// seedEnv hands the test key's seed to a re-executed child process, so a
+// server in another process is pinned to the same key.
+const seedEnv = "PALISADE_ATLS_TEST_SEED"
+
+// testKeys is the pinned test key, made once per test process.
 var testKeys = sync.OnceValue(func() ed25519.PrivateKey {
+	if s, err := hex.DecodeString(os.Getenv(seedEnv)); err == nil && len(s) == ed25519.SeedSize {
+		return ed25519.NewKeyFromSeed(s)
+	}
 	_, k, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
 		panic(err)
