@@ -5,6 +5,8 @@ import (
 	"context"
 	"testing"
 
+	"github.com/google/go-tpm/tpm2"
+
 	"github.com/palisade-cc/palisade/internal/attest"
 	"github.com/palisade-cc/palisade/internal/attest/tpm/tpmtest"
 )
@@ -86,6 +88,42 @@ func FuzzIdentity(f *testing.F) {
 		}
 		if err != nil && attest.ClassOf(err) == "" {
 			t.Fatal("error without a class")
+		}
+	})
+}
+
+// FuzzAKCanonical holds decodeAK's size check for ECC keys equal to the
+// re-marshal round trip it replaces: for every input go-tpm parses as an
+// ECC TPMT_PUBLIC, "exactly the canonical size" must agree with "re-encodes
+// to the same bytes".
+func FuzzAKCanonical(f *testing.F) {
+	ak := akTemplate()
+	f.Add(tpm2.Marshal(ak))
+	withPolicy := akTemplate()
+	withPolicy.AuthPolicy = tpm2.TPM2BDigest{Buffer: bytes.Repeat([]byte{1}, 32)}
+	f.Add(tpm2.Marshal(withPolicy))
+	f.Add(append(tpm2.Marshal(ak), 0))
+	f.Add(tpm2.Marshal(tpm2.ECCSRKTemplate))
+	f.Add(tpm2.Marshal(tpm2.RSAEKTemplate))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		pub, err := unmarshalOnly[tpm2.TPMTPublic]("fuzz", b)
+		if err != nil {
+			return
+		}
+		n, ok := eccPublicSize(pub)
+		if !ok {
+			return
+		}
+		var round []byte
+		func() {
+			defer func() { _ = recover() }() // go-tpm's marshaller on odd values
+			round = tpm2.Marshal(*pub)
+		}()
+		if round == nil {
+			return
+		}
+		if (n == len(b)) != bytes.Equal(round, b) {
+			t.Fatalf("size check says %v (size %d, input %d), round trip says %v", n == len(b), n, len(b), bytes.Equal(round, b))
 		}
 	})
 }
