@@ -79,8 +79,11 @@ const (
 )
 
 // Epoch is the reference "now" of the test PKI: certificates and collateral
-// are valid around it, so tests pin the verifier's clock to it.
-var Epoch = time.Date(2026, 6, 1, 12, 0, 0, 0, time.UTC)
+// are valid around it, so tests may pin the verifier's clock to it. It is
+// noon UTC of the day the process started, so evidence made with this PKI
+// also verifies against the real clock (other processes, the CVM emulator)
+// and never expires in the repository.
+var Epoch = time.Now().UTC().Truncate(24 * time.Hour).Add(12 * time.Hour)
 
 // NewPKI creates fresh keys and certificates for platform p.
 func NewPKI(p Platform) (*PKI, error) {
