@@ -1,0 +1,93 @@
+package dhcp
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Packet results, the "result" label of provisioner_dhcp_packets_total.
+const (
+	resultAnswered = "answered" // a reply was sent (OFFER, ACK)
+	resultNAK      = "nak"      // a DHCPNAK was sent
+	resultDone     = "done"     // handled, no reply by design (RELEASE, DECLINE)
+	resultIgnored  = "ignored"  // not for us (other server chosen, non-PXE client in proxy mode, unaccepted)
+	resultDropped  = "dropped"  // could not be served (no subnet, pool exhausted, commit failed)
+	resultBad      = "bad"      // malformed input; reason in provisioner_dhcp_bad_packets_total
+)
+
+// Reasons for provisioner_dhcp_bad_packets_total.
+const (
+	badTruncated   = "truncated"
+	badOversized   = "oversized"
+	badMalformed   = "malformed"
+	badOptionFlood = "option_flood"
+	badWrongOp     = "wrong_op"
+	badHWAddr      = "bad_hwaddr"
+	badNoType      = "no_message_type"
+	badUnknownType = "unknown_message_type"
+	badUnexpected  = "unexpected_message_type"
+)
+
+type metrics struct {
+	packets      *prometheus.CounterVec
+	bad          *prometheus.CounterVec
+	batchSize    prometheus.Histogram
+	commitTime   prometheus.Histogram
+	commitErrors prometheus.Counter
+}
+
+func newMetrics() *metrics {
+	return &metrics{
+		packets: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "provisioner_dhcp_packets_total",
+			Help: "DHCP requests received, by message type and result.",
+		}, []string{"type", "result"}),
+		bad: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "provisioner_dhcp_bad_packets_total",
+			Help: "DHCP packets dropped as malformed, by reason.",
+		}, []string{"reason"}),
+		batchSize: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "provisioner_dhcp_commit_batch_size",
+			Help:    "Lease writes per bbolt transaction (group commit).",
+			Buckets: prometheus.ExponentialBuckets(1, 2, 12),
+		}),
+		commitTime: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "provisioner_dhcp_commit_seconds",
+			Help:    "Time to commit and fsync one batch of lease writes.",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16),
+		}),
+		commitErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "provisioner_dhcp_commit_errors_total",
+			Help: "Lease batches whose commit failed (their ACKs were not sent).",
+		}),
+	}
+}
+
+// register adds the collectors to reg (nil: none).
+func (m *metrics) register(reg prometheus.Registerer, inUse func() float64) error {
+	if reg == nil {
+		return nil
+	}
+	cs := []prometheus.Collector{m.packets, m.bad, m.batchSize, m.commitTime, m.commitErrors}
+	if inUse != nil {
+		cs = append(cs, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "provisioner_dhcp_leases_in_use",
+			Help: "Bound, unexpired leases.",
+		}, inUse))
+	}
+	for _, c := range cs {
+		if err := reg.Register(c); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (m *metrics) observeCommit(n int, d time.Duration, err error) {
+	m.batchSize.Observe(float64(n))
+	m.commitTime.Observe(d.Seconds())
+	if err != nil {
+		m.commitErrors.Inc()
+	}
+}
