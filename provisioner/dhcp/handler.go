@@ -159,7 +159,9 @@ func (s *Server) authoritative(ctx context.Context, l *listener, m *dhcpv4.DHCPv
 			// SELECTING (RFC 2131 §4.3.2): the client names the server it
 			// chose; any other server forgets its offer and stays silent.
 			if !sid.Equal(l.serverIP) {
-				s.table.forgetOffer(sn, mac)
+				for _, w := range s.table.forgetOffer(sn, mac) {
+					s.store.in <- w
+				}
 				return resultIgnored
 			}
 			var ok bool

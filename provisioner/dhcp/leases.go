@@ -46,6 +46,7 @@ func (t *table) restore(l *lease) bool {
 		return false
 	}
 	t.byIP[l.ip] = l
+	l.stored = true
 	if l.state == stateBound {
 		t.byMAC[s.idx][l.mac] = l
 	}
@@ -76,14 +77,18 @@ func (t *table) usable(s *subnet, ip uint32, mac string, now int64) bool {
 func (t *table) take(s *subnet, ip uint32, mac string, state uint8, expiry int64) (l *lease, moved uint32, hadOld bool) {
 	if old := t.byMAC[s.idx][mac]; old != nil && old.ip != ip {
 		delete(t.byIP, old.ip)
-		moved, hadOld = old.ip, old.state == stateBound
+		moved, hadOld = old.ip, old.stored
 	}
-	if prev := t.byIP[ip]; prev != nil && prev.mac != mac {
-		if cur := t.byMAC[s.idx][prev.mac]; cur == prev {
-			delete(t.byMAC[s.idx], prev.mac)
+	stored := false
+	if prev := t.byIP[ip]; prev != nil {
+		stored = prev.stored
+		if prev.mac != mac {
+			if cur := t.byMAC[s.idx][prev.mac]; cur == prev {
+				delete(t.byMAC[s.idx], prev.mac)
+			}
 		}
 	}
-	l = &lease{ip: ip, mac: mac, state: state, expiry: expiry}
+	l = &lease{ip: ip, mac: mac, state: state, expiry: expiry, stored: stored}
 	t.byIP[ip] = l
 	t.byMAC[s.idx][mac] = l
 	return l, moved, hadOld
@@ -139,6 +144,7 @@ func (t *table) bind(s *subnet, mac string, ip uint32, now time.Time) (*lease, [
 		return nil, nil, false
 	}
 	l, moved, hadOld := t.take(s, ip, mac, stateBound, now.Add(s.leaseTime).UnixNano())
+	l.stored = true
 	ws := []write{{key: leaseKey(ip), val: encodeLease(l)}}
 	if hadOld {
 		ws = append(ws, write{key: leaseKey(moved)})
@@ -146,14 +152,19 @@ func (t *table) bind(s *subnet, mac string, ip uint32, now time.Time) (*lease, [
 	return l, ws, true
 }
 
-// forgetOffer drops an offer mac did not take (it chose another server).
-func (t *table) forgetOffer(s *subnet, mac string) {
+// forgetOffer drops an offer mac did not take (it chose another server),
+// and returns the delete of a stale record the offer had replaced.
+func (t *table) forgetOffer(s *subnet, mac string) []write {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if l := t.byMAC[s.idx][mac]; l != nil && l.state == stateOffered {
 		delete(t.byMAC[s.idx], mac)
 		delete(t.byIP, l.ip)
+		if l.stored {
+			return []write{{key: leaseKey(l.ip)}}
+		}
 	}
+	return nil
 }
 
 // release ends mac's lease on ip (RFC 2131 §4.3.4); other clients' leases
@@ -184,7 +195,7 @@ func (t *table) decline(s *subnet, mac string, ip uint32, now time.Time) ([]writ
 	if t.byMAC[s.idx][mac] == l {
 		delete(t.byMAC[s.idx], mac)
 	}
-	d := &lease{ip: ip, state: stateDeclined, expiry: now.Add(t.declineHold).UnixNano()}
+	d := &lease{ip: ip, state: stateDeclined, expiry: now.Add(t.declineHold).UnixNano(), stored: true}
 	t.byIP[ip] = d
 	return []write{{key: leaseKey(ip), val: encodeLease(d)}}, true
 }
@@ -204,7 +215,7 @@ func (t *table) sweep(now time.Time) []write {
 		if s := t.subnetOf(ip); s != nil && l.state != stateDeclined && t.byMAC[s.idx][l.mac] == l {
 			delete(t.byMAC[s.idx], l.mac)
 		}
-		if l.state != stateOffered {
+		if l.stored {
 			ws = append(ws, write{key: leaseKey(ip)})
 		}
 	}

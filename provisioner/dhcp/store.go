@@ -25,6 +25,9 @@ type lease struct {
 	mac    string
 	state  uint8
 	expiry int64 // unix nanoseconds
+	// stored: a record for ip is on disk (or queued), possibly stale, so
+	// forgetting ip must delete it.
+	stored bool
 }
 
 // recordVersion prefixes every stored value so that the format can change.
@@ -90,6 +93,9 @@ type store struct {
 	in       chan write
 	maxBatch int
 	observe  func(n int, d time.Duration, err error)
+	// fault, when set, runs inside each commit's transaction; an error
+	// aborts the batch (tests use it to show that no ACK outruns the disk).
+	fault func() error
 	stopped  chan struct{}
 }
 
@@ -171,6 +177,11 @@ func (s *store) run() {
 		start := time.Now()
 		err := s.db.Update(func(tx *bolt.Tx) error {
 			b := tx.Bucket(bucketLeases)
+			if s.fault != nil {
+				if err := s.fault(); err != nil {
+					return err
+				}
+			}
 			for _, w := range batch {
 				var err error
 				if w.val == nil {
