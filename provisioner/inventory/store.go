@@ -752,11 +752,14 @@ func (s *Store) appendEvent(tx *bolt.Tx, e Event) error {
 	if err := ev.Put(seqKey(seq), v); err != nil {
 		return err
 	}
-	if e.MAC == "" {
-		return nil
+	// Unattributed events (transfers nobody was offered, junk requests) are
+	// indexed under "~", which no MAC can spell, so they are capped too.
+	owner, limit := e.MAC, s.opts.MaxEventsPerMachine
+	if owner == "" {
+		owner, limit = "~", 4*s.opts.MaxEventsPerMachine
 	}
 	me := tx.Bucket(bMEvents)
-	prefix := []byte(e.MAC + "|")
+	prefix := []byte(owner + "|")
 	if err := me.Put(append(slices.Clip(prefix), seqKey(seq)...), nil); err != nil {
 		return err
 	}
@@ -765,7 +768,7 @@ func (s *Store) appendEvent(tx *bolt.Tx, e Event) error {
 	for k, _ := c.Seek(prefix); k != nil && strings.HasPrefix(string(k), string(prefix)); k, _ = c.Next() {
 		keys = append(keys, slices.Clone(k))
 	}
-	for _, k := range keys[:max(0, len(keys)-s.opts.MaxEventsPerMachine)] {
+	for _, k := range keys[:max(0, len(keys)-limit)] {
 		if err := ev.Delete(k[len(prefix):]); err != nil {
 			return err
 		}

@@ -336,6 +336,13 @@ func TestEventCap(t *testing.T) {
 	if len(tl) != 5 || len(all) != 5 {
 		t.Errorf("timeline %d events, store %d; want 5 each", len(tl), len(all))
 	}
+	// A flood of unattributable transfers is capped as well (4 × the cap).
+	for range 50 {
+		s.RecordTransfer(Transfer{Remote: netip.MustParseAddr("10.9.9.9"), File: "junk", Protocol: "tftp"})
+	}
+	if all, _ = s.Events(0, 0); len(all) != 5+20 {
+		t.Errorf("after a junk flood the store has %d events, want 25", len(all))
+	}
 }
 
 func TestMetrics(t *testing.T) {
