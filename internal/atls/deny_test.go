@@ -84,19 +84,7 @@ func TestDeny(t *testing.T) {
 			p := newPair().noChallenge()
 			p.mustSucceed(t)
 			ln := listen(t)
-			serr := make(chan error, 1)
-			go func() {
-				c, err := ln.Accept()
-				if err != nil {
-					serr <- err
-					return
-				}
-				sc, err := Server(context.Background(), c, p.server)
-				if sc != nil {
-					sc.Close()
-				}
-				serr <- err
-			}()
+			serr := serveOnce(ln, p.server)
 			_, err := Dial(context.Background(), "tcp", relay(t, ln.Addr().String()), p.client)
 			wantClass(t, "client", err, attest.ClassBinding)
 			wantPeerDenied(t, "server", <-serr)
@@ -112,19 +100,7 @@ func TestDeny(t *testing.T) {
 			p.client.Verifiers, p.client.Reference, p.client.AllowUnattestedPeer = nil, nil, true
 			p.mustSucceedOneWay(t)
 			ln := listen(t)
-			serr := make(chan error, 1)
-			go func() {
-				c, err := ln.Accept()
-				if err != nil {
-					serr <- err
-					return
-				}
-				sc, err := Server(context.Background(), c, p.server)
-				if sc != nil {
-					sc.Close()
-				}
-				serr <- err
-			}()
+			serr := serveOnce(ln, p.server)
 			_, err := Dial(context.Background(), "tcp", relay(t, ln.Addr().String()), p.client)
 			wantClass(t, "server", <-serr, attest.ClassBinding)
 			wantPeerDenied(t, "client", err)

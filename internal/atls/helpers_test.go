@@ -207,6 +207,25 @@ func (p *rawPeer) drain() []msgType {
 	}
 }
 
+// serveOnce accepts one connection on ln, runs the server handshake with
+// cfg, closes the connection and sends the handshake's error.
+func serveOnce(ln net.Listener, cfg *Config) <-chan error {
+	errc := make(chan error, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			errc <- err
+			return
+		}
+		sc, err := Server(context.Background(), c, cfg)
+		if sc != nil {
+			sc.Close()
+		}
+		errc <- err
+	}()
+	return errc
+}
+
 // rawServer runs script as the server of one connection; the returned
 // channel closes when it finished.
 func rawServer(t *testing.T, script func(p *rawPeer)) (string, <-chan struct{}) {
@@ -233,19 +252,7 @@ func rawServer(t *testing.T, script func(p *rawPeer)) (string, <-chan struct{}) 
 func rawClient(t *testing.T, cfg *Config, script func(p *rawPeer)) error {
 	t.Helper()
 	ln := listen(t)
-	errc := make(chan error, 1)
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			errc <- err
-			return
-		}
-		sc, err := Server(context.Background(), c, cfg)
-		if sc != nil {
-			sc.Close()
-		}
-		errc <- err
-	}()
+	errc := serveOnce(ln, cfg)
 	c, err := net.Dial("tcp", ln.Addr().String())
 	if err != nil {
 		t.Fatal(err)
