@@ -11,6 +11,9 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"golang.org/x/net/ipv4"
+	"golang.org/x/net/ipv6"
 )
 
 // ClientOptions selects what Get asks the server for. Zero values ask for
@@ -99,7 +102,7 @@ func Get(ctx context.Context, server netip.AddrPort, file string, w io.Writer, o
 	}
 
 	blksize, window := defaultBlockSize, 1
-	buf := make([]byte, 65536)
+	rd := newBatchReader(conn, 1, 65536)
 	var tid netip.AddrPort
 	last := rrq // the packet resent on timeout
 	sendLast := func() error {
@@ -134,7 +137,7 @@ func Get(ctx context.Context, server netip.AddrPort, file string, w io.Writer, o
 		if err := conn.SetReadDeadline(deadline); err != nil {
 			return res, err
 		}
-		n, src, err := conn.ReadFromUDPAddrPort(buf)
+		pkt, src, err := rd.next()
 		if err != nil {
 			var ne net.Error
 			if errors.As(err, &ne) && ne.Timeout() {
@@ -172,7 +175,6 @@ func Get(ctx context.Context, server netip.AddrPort, file string, w io.Writer, o
 			conn.WriteToUDPAddrPort(appendError(nil, errUnknownTID, "unknown transfer ID"), src)
 			continue
 		}
-		pkt := buf[:n]
 		if len(pkt) < 4 {
 			continue
 		}
@@ -197,6 +199,9 @@ func Get(ctx context.Context, server netip.AddrPort, file string, w io.Writer, o
 			if v, ok := acked["windowsize"]; ok {
 				window, _ = strconv.Atoi(v)
 			}
+			// Read up to a window of blocks per system call; one byte more
+			// than a block so an oversized DATA packet is detected.
+			rd = newBatchReader(conn, min(window, 64), blksize+5)
 			if v, ok := acked["tsize"]; ok {
 				res.TSize, _ = strconv.ParseInt(v, 10, 64)
 			}
@@ -292,4 +297,44 @@ func parseOACK(pkt []byte, asked []option) (map[string]string, error) {
 		got[name] = value
 	}
 	return got, nil
+}
+
+// batchReader reads datagrams several at a time (recvmmsg on Linux) and
+// hands them out one by one; a packet stays valid until the next call.
+type batchReader struct {
+	rb interface {
+		ReadBatch([]ipv4.Message, int) (int, error)
+	}
+	msgs []ipv4.Message
+	n, i int
+}
+
+func newBatchReader(c *net.UDPConn, count, size int) *batchReader {
+	b := &batchReader{msgs: make([]ipv4.Message, count)}
+	for i := range b.msgs {
+		b.msgs[i].Buffers = [][]byte{make([]byte, size)}
+	}
+	if a, _ := c.LocalAddr().(*net.UDPAddr); a != nil && a.IP.To4() == nil {
+		b.rb = ipv6.NewPacketConn(c)
+	} else {
+		b.rb = ipv4.NewPacketConn(c)
+	}
+	return b
+}
+
+func (b *batchReader) next() ([]byte, netip.AddrPort, error) {
+	if b.i >= b.n {
+		n, err := b.rb.ReadBatch(b.msgs, 0)
+		if err != nil {
+			return nil, netip.AddrPort{}, err
+		}
+		b.n, b.i = n, 0
+	}
+	m := &b.msgs[b.i]
+	b.i++
+	a, ok := m.Addr.(*net.UDPAddr)
+	if !ok {
+		return nil, netip.AddrPort{}, errors.New("datagram without source address")
+	}
+	return m.Buffers[0][:m.N], a.AddrPort(), nil
 }

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/pin/tftp/v3/netascii"
+	"golang.org/x/net/ipv4"
+	"golang.org/x/net/ipv6"
 )
 
 var (
@@ -43,6 +45,42 @@ type sender struct {
 	finalLen int   // its length
 	acked    int64 // highest block acknowledged
 	rx       []byte
+	batch    [][]byte
+	msgs     []ipv4.Message
+	bw       batchWriter // nil: one write per packet
+}
+
+// batchWriter sends several datagrams in one system call (sendmmsg on
+// Linux); ipv4.PacketConn and ipv6.PacketConn implement it.
+type batchWriter interface {
+	WriteBatch(ms []ipv4.Message, flags int) (int, error)
+}
+
+// write sends pkts in order, in as few system calls as the socket allows.
+func (t *sender) write(pkts [][]byte) error {
+	if t.bw == nil {
+		for _, p := range pkts {
+			if _, err := t.conn.Write(p); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	for len(pkts) > 0 {
+		t.msgs = t.msgs[:0]
+		for _, p := range pkts {
+			t.msgs = append(t.msgs, ipv4.Message{Buffers: [][]byte{p}})
+		}
+		n, err := t.bw.WriteBatch(t.msgs, 0)
+		if err != nil {
+			return err
+		}
+		if n <= 0 {
+			return errors.New("sendmmsg sent nothing")
+		}
+		pkts = pkts[n:]
+	}
+	return nil
 }
 
 // datagramConn is the transfer socket as the sender uses it: a UDP socket
@@ -59,7 +97,16 @@ func newSender(conn datagramConn, f io.Reader, ascii bool, n negotiated, timeout
 	if ascii {
 		r = netascii.ToReader(r)
 	}
+	var bw batchWriter
+	if c, ok := conn.(*net.UDPConn); ok {
+		if a, _ := c.LocalAddr().(*net.UDPAddr); a != nil && a.IP.To4() == nil {
+			bw = ipv6.NewPacketConn(c)
+		} else {
+			bw = ipv4.NewPacketConn(c)
+		}
+	}
 	return &sender{
+		bw:   bw,
 		conn: conn, r: r, blksize: n.blksize, window: n.window, timeout: timeout,
 		retries: retries, oack: n.oack, m: m, log: log,
 		ring: make([][]byte, n.window),
@@ -78,15 +125,18 @@ func (t *sender) run() (int64, error) {
 	tries := 0
 	for {
 		// Send the window acked+1 … acked+window, stopping after the last block.
+		first := next
+		t.batch = t.batch[:0]
 		for next <= t.acked+int64(t.window) && (t.final == 0 || next <= t.final) {
 			pkt, err := t.block(next)
 			if err != nil {
 				return t.bytes(), fmt.Errorf("read block %d: %w", next, err)
 			}
-			if _, err := t.conn.Write(pkt); err != nil {
-				return t.bytes(), fmt.Errorf("send block %d: %w", next, err)
-			}
+			t.batch = append(t.batch, pkt)
 			next++
+		}
+		if err := t.write(t.batch); err != nil {
+			return t.bytes(), fmt.Errorf("send blocks %d…%d: %w", first, next-1, err)
 		}
 		sent := next - 1
 		progressed, err := t.awaitACK(sent)
