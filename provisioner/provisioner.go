@@ -90,6 +90,20 @@ func New(cfg config.Config, log *slog.Logger) (_ *Provisioner, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("images_dir: %w", err)
 	}
+	if cfg.HTTP != nil {
+		p.httpLn, err = net.Listen("tcp", cfg.HTTP.Listen)
+		if err != nil {
+			return nil, fmt.Errorf("http.listen: %w", err)
+		}
+		if cfg.Boot.HTTPBase == "" {
+			// Only a concrete address can be handed to clients.
+			if a, ok := p.httpLn.Addr().(*net.TCPAddr); ok && !a.IP.IsUnspecified() {
+				cfg.Boot.HTTPBase = "http://" + a.String()
+			} else {
+				log.Warn("boot.http_base unset and http.listen has no concrete address: HTTP boot clients get no answer")
+			}
+		}
+	}
 	p.inv, err = inventory.Open(filepath.Join(cfg.DataDir, "inventory.db"), inventory.Options{
 		Rules:            cfg.Accept,
 		DiscoveryProfile: cfg.Boot.DiscoveryProfile,
@@ -131,7 +145,7 @@ func New(cfg config.Config, log *slog.Logger) (_ *Provisioner, err error) {
 	// /metrics carries counts only (no MACs, no tokens), so Prometheus can
 	// scrape it without a token, as is usual.
 	mux.Handle("GET /metrics", promhttp.HandlerFor(p.reg, promhttp.HandlerOpts{Registry: p.reg}))
-	mux.Handle("GET /", ui.Handler())
+	mux.Handle("/", ui.Handler())
 	p.apiLn, err = net.Listen("tcp", cfg.API.Listen)
 	if err != nil {
 		return nil, fmt.Errorf("api.listen: %w", err)
@@ -147,10 +161,6 @@ func New(cfg config.Config, log *slog.Logger) (_ *Provisioner, err error) {
 		h, err := newImageServer(cfg.ImagesDir, p.inv, p.reg, log)
 		if err != nil {
 			return nil, err
-		}
-		p.httpLn, err = net.Listen("tcp", cfg.HTTP.Listen)
-		if err != nil {
-			return nil, fmt.Errorf("http.listen: %w", err)
 		}
 		p.httpSrv = &http.Server{
 			Handler:           h,

@@ -160,7 +160,8 @@ func (c *Config) fill() {
 	}
 	if c.Boot.HTTPBase == "" && c.HTTP != nil {
 		host, port, err := net.SplitHostPort(c.HTTP.Listen)
-		if err == nil && host != "" && !net.ParseIP(host).IsUnspecified() {
+		// Port 0 is chosen at bind time; provisioner.New derives it then.
+		if err == nil && host != "" && port != "0" && !net.ParseIP(host).IsUnspecified() {
 			c.Boot.HTTPBase = "http://" + net.JoinHostPort(host, port)
 		}
 	}

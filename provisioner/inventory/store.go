@@ -73,8 +73,9 @@ type Store struct {
 	opts Options
 	log  *slog.Logger
 
-	mu     sync.Mutex
-	ipMAC  map[netip.Addr]string
+	mu      sync.Mutex
+	ipMAC   map[netip.Addr]string // learnt from leases: exact
+	ipGuess map[netip.Addr]string // from earlier attributions: a guess
 	offers map[string][]offer // base file name → machines it was offered to
 
 	events *prometheus.CounterVec
@@ -129,8 +130,9 @@ func Open(file string, opts Options) (*Store, error) {
 	}
 	s := &Store{
 		db: db, opts: opts, log: opts.Logger,
-		ipMAC:  map[netip.Addr]string{},
-		offers: map[string][]offer{},
+		ipMAC:   map[netip.Addr]string{},
+		ipGuess: map[netip.Addr]string{},
+		offers:  map[string][]offer{},
 		events: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "provisioner_inventory_boot_events_total",
 			Help: "Boot events recorded in the inventory, by kind.",
@@ -372,13 +374,15 @@ type Transfer struct {
 	Protocol string // "tftp" or "http"
 }
 
-// attribute finds the machine behind a transfer: by a learnt address, else
-// the machine this file was offered to longest ago (first come, first
-// served) within OfferTTL.
+// attribute finds the machine behind a transfer: by an address learnt from
+// a lease; else the machine this file was offered to longest ago (first
+// come, first served) within OfferTTL; else the machine an earlier transfer
+// from the same address was attributed to.
 func (s *Store) attribute(t Transfer, now time.Time) string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if mac, ok := s.ipMAC[t.Remote.Unmap()]; ok {
+	remote := t.Remote.Unmap()
+	if mac, ok := s.ipMAC[remote]; ok {
 		return mac
 	}
 	f := bootFile(t.File)
@@ -388,12 +392,15 @@ func (s *Store) attribute(t Transfer, now time.Time) string {
 	}
 	if len(l) == 0 {
 		delete(s.offers, f)
-		return ""
+		return s.ipGuess[remote]
 	}
 	mac := l[0].mac
 	s.offers[f] = l[1:]
-	if t.Remote.IsValid() {
-		s.ipMAC[t.Remote.Unmap()] = mac
+	if remote.IsValid() {
+		if len(s.ipGuess) > 1<<16 {
+			clear(s.ipGuess)
+		}
+		s.ipGuess[remote] = mac
 	}
 	return mac
 }
@@ -577,9 +584,11 @@ func (s *Store) Forget(mac string) error {
 		return err
 	}
 	s.mu.Lock()
-	for ip, m := range s.ipMAC {
-		if m == n {
-			delete(s.ipMAC, ip)
+	for _, ips := range []map[netip.Addr]string{s.ipMAC, s.ipGuess} {
+		for ip, m := range ips {
+			if m == n {
+				delete(ips, ip)
+			}
 		}
 	}
 	s.mu.Unlock()
