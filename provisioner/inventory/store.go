@@ -76,7 +76,7 @@ type Store struct {
 	mu      sync.Mutex
 	ipMAC   map[netip.Addr]string // learnt from leases: exact
 	ipGuess map[netip.Addr]string // from earlier attributions: a guess
-	offers map[string][]offer // base file name → machines it was offered to
+	offers  map[string][]offer    // base file name → machines it was offered to
 
 	events *prometheus.CounterVec
 }
