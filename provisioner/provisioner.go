@@ -22,6 +22,7 @@ import (
 	"github.com/palisade-cc/palisade/provisioner/api"
 	"github.com/palisade-cc/palisade/provisioner/config"
 	"github.com/palisade-cc/palisade/provisioner/dhcp"
+	"github.com/palisade-cc/palisade/provisioner/httpboot"
 	"github.com/palisade-cc/palisade/provisioner/inventory"
 	"github.com/palisade-cc/palisade/provisioner/tftp"
 	"github.com/palisade-cc/palisade/provisioner/ui"
@@ -38,8 +39,7 @@ type Provisioner struct {
 	tftp     *tftp.Server
 	apiSrv   *http.Server
 	apiLn    net.Listener
-	httpSrv  *http.Server
-	httpLn   net.Listener
+	http     *httpboot.Server
 	shutdown time.Duration
 }
 
@@ -90,14 +90,16 @@ func New(cfg config.Config, log *slog.Logger) (_ *Provisioner, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("images_dir: %w", err)
 	}
+	// HTTP boot binds first: with port 0 the boot URL is known only then.
+	httpObs := &httpObserver{log: log}
 	if cfg.HTTP != nil {
-		p.httpLn, err = net.Listen("tcp", cfg.HTTP.Listen)
+		p.http, err = httpboot.New(*cfg.HTTP, log.With("server", "http"), httpObs, p.reg)
 		if err != nil {
-			return nil, fmt.Errorf("http.listen: %w", err)
+			return nil, fmt.Errorf("http: %w", err)
 		}
 		if cfg.Boot.HTTPBase == "" {
 			// Only a concrete address can be handed to clients.
-			if a, ok := p.httpLn.Addr().(*net.TCPAddr); ok && !a.IP.IsUnspecified() {
+			if a := p.http.Addr(); !a.Addr().IsUnspecified() {
 				cfg.Boot.HTTPBase = "http://" + a.String()
 			} else {
 				log.Warn("boot.http_base unset and http.listen has no concrete address: HTTP boot clients get no answer")
@@ -116,6 +118,7 @@ func New(cfg config.Config, log *slog.Logger) (_ *Provisioner, err error) {
 	if err != nil {
 		return nil, err
 	}
+	httpObs.inv = p.inv // before any Serve: no request can have run yet
 	for _, pr := range cfg.Profiles {
 		if err := p.inv.PutProfile(pr); err != nil {
 			return nil, fmt.Errorf("profiles: %s: %w", pr.Name, err)
@@ -157,18 +160,6 @@ func New(cfg config.Config, log *slog.Logger) (_ *Provisioner, err error) {
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
 
-	if cfg.HTTP != nil {
-		h, err := newImageServer(cfg.ImagesDir, p.inv, p.reg, log)
-		if err != nil {
-			return nil, err
-		}
-		p.httpSrv = &http.Server{
-			Handler:           h,
-			ReadHeaderTimeout: 10 * time.Second,
-			IdleTimeout:       2 * time.Minute,
-			ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
-		}
-	}
 	if cfg.TFTP != nil {
 		p.tftp, err = tftp.New(*cfg.TFTP, log.With("server", "tftp"), tftpObserver{p.inv, log}, p.reg)
 		if err != nil {
@@ -198,8 +189,10 @@ func (p *Provisioner) closeAll() {
 	if p.apiLn != nil {
 		p.apiLn.Close()
 	}
-	if p.httpLn != nil {
-		p.httpLn.Close()
+	if p.http != nil {
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		p.http.Serve(ctx)
 	}
 	if p.inv != nil {
 		p.inv.Close()
@@ -209,7 +202,7 @@ func (p *Provisioner) closeAll() {
 // Addrs are the bound addresses, for tests and the startup log.
 type Addrs struct {
 	API  net.Addr
-	HTTP net.Addr // nil without an http section
+	HTTP netip.AddrPort // zero without an http section
 	TFTP netip.AddrPort
 	DHCP []net.Addr
 }
@@ -217,8 +210,8 @@ type Addrs struct {
 // Addrs returns the bound addresses.
 func (p *Provisioner) Addrs() Addrs {
 	a := Addrs{API: p.apiLn.Addr()}
-	if p.httpLn != nil {
-		a.HTTP = p.httpLn.Addr()
+	if p.http != nil {
+		a.HTTP = p.http.Addr()
 	}
 	if p.tftp != nil {
 		a.TFTP = p.tftp.Addr()
@@ -267,8 +260,8 @@ func (p *Provisioner) Serve(ctx context.Context) error {
 		})
 	}
 	httpServe("api", p.apiSrv, p.apiLn)
-	if p.httpSrv != nil {
-		httpServe("http", p.httpSrv, p.httpLn)
+	if p.http != nil {
+		wg.Go(func() { fail("http", p.http.Serve(ctx)) })
 	}
 	if p.tftp != nil {
 		wg.Go(func() { fail("tftp", p.tftp.Serve(ctx)) })
@@ -314,7 +307,27 @@ func (o tftpObserver) Transfer(ev tftp.Event) {
 	}
 }
 
+// httpObserver adapts the inventory to httpboot.Observer.
+type httpObserver struct {
+	inv *inventory.Store
+	log *slog.Logger
+}
+
+func (o *httpObserver) Transfer(ev httpboot.Event) {
+	if o.inv == nil {
+		return
+	}
+	err := o.inv.RecordTransfer(inventory.Transfer{
+		Remote: ev.Remote.Addr(), File: ev.File, Bytes: ev.Bytes, Started: ev.Started,
+		Duration: ev.Duration, Err: ev.Err, Protocol: "http",
+	})
+	if err != nil {
+		o.log.Warn("inventory: HTTP transfer not recorded", "file", ev.File, "err", err)
+	}
+}
+
 var (
-	_ dhcp.Policy   = policy{}
-	_ tftp.Observer = tftpObserver{}
+	_ dhcp.Policy       = policy{}
+	_ tftp.Observer     = tftpObserver{}
+	_ httpboot.Observer = (*httpObserver)(nil)
 )

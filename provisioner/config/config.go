@@ -15,6 +15,7 @@ import (
 	"strings"
 
 	"github.com/palisade-cc/palisade/provisioner/dhcp"
+	"github.com/palisade-cc/palisade/provisioner/httpboot"
 	"github.com/palisade-cc/palisade/provisioner/inventory"
 	"github.com/palisade-cc/palisade/provisioner/tftp"
 )
@@ -33,10 +34,10 @@ type Config struct {
 	ImagesDir string `json:"images_dir,omitempty"`
 	API       API    `json:"api"`
 	// DHCP, TFTP and HTTP are the servers; a missing section disables one.
-	DHCP *dhcp.Config `json:"dhcp,omitempty"`
-	TFTP *tftp.Config `json:"tftp,omitempty"`
-	HTTP *HTTP        `json:"http,omitempty"`
-	Boot Boot         `json:"boot"`
+	DHCP *dhcp.Config     `json:"dhcp,omitempty"`
+	TFTP *tftp.Config     `json:"tftp,omitempty"`
+	HTTP *httpboot.Config `json:"http,omitempty"`
+	Boot Boot             `json:"boot"`
 	// Accept rules accept machines automatically.
 	Accept []inventory.Rule `json:"accept,omitempty"`
 	// Profiles are written into the inventory at start (the file wins over
@@ -54,12 +55,6 @@ type API struct {
 	AdminTokenFile string `json:"admin_token_file"`
 	// ReadOnlyTokenFile holds the read-only token (optional).
 	ReadOnlyTokenFile string `json:"read_only_token_file,omitempty"`
-}
-
-// HTTP is the UEFI HTTP boot and image download server.
-type HTTP struct {
-	// Listen is host:port. Default 127.0.0.1:8080.
-	Listen string `json:"listen"`
 }
 
 // Boot says what machines are told to boot.
@@ -152,8 +147,13 @@ func (c *Config) fill() {
 	if c.TFTP != nil && c.TFTP.Root == "" {
 		c.TFTP.Root = c.ImagesDir
 	}
-	if c.HTTP != nil && c.HTTP.Listen == "" {
-		c.HTTP.Listen = "127.0.0.1:8080"
+	if c.HTTP != nil {
+		if c.HTTP.Listen == "" {
+			c.HTTP.Listen = "127.0.0.1:8080"
+		}
+		if c.HTTP.Root == "" {
+			c.HTTP.Root = c.ImagesDir
+		}
 	}
 	if c.DHCP != nil && c.DHCP.Mode == dhcp.ModeAuthoritative && c.DHCP.LeaseDB == "" && c.DataDir != "" {
 		c.DHCP.LeaseDB = filepath.Join(c.DataDir, "leases.db")
@@ -207,8 +207,8 @@ func (c *Config) Validate() error {
 		}
 	}
 	if c.HTTP != nil {
-		if _, _, err := net.SplitHostPort(c.HTTP.Listen); err != nil {
-			return bad("http.listen", "%q is not host:port", c.HTTP.Listen)
+		if err := c.HTTP.Validate(); err != nil {
+			return fmt.Errorf("config: %w", err) // names http.<field> itself
 		}
 	}
 	if c.Boot.HTTPBase != "" {
