@@ -95,8 +95,8 @@ type store struct {
 	observe  func(n int, d time.Duration, err error)
 	// fault, when set, runs inside each commit's transaction; an error
 	// aborts the batch (tests use it to show that no ACK outruns the disk).
-	fault func() error
-	stopped  chan struct{}
+	fault   func() error
+	stopped chan struct{}
 }
 
 func openStore(path string, maxBatch int) (*store, error) {
