@@ -8,7 +8,7 @@ import (
 	"github.com/insomniacslk/dhcp/dhcpv4"
 )
 
-func seedPackets(t *testing.T) [][]byte {
+func seedPackets(t testing.TB) [][]byte {
 	t.Helper()
 	ip := []byte{10, 0, 0, 100}
 	var out [][]byte
@@ -34,19 +34,24 @@ func seedPackets(t *testing.T) [][]byte {
 // it must never panic, and whatever it sends must be a well-formed BOOTREPLY
 // for the same transaction.
 func FuzzHandle(f *testing.F) {
-	t := &testing.T{}
-	for _, b := range seedPackets(t) {
+	for _, b := range seedPackets(f) {
 		f.Add(b, false)
 		f.Add(b, true)
 	}
 	f.Add([]byte{1, 1, 6, 0}, false)
+	// One server per mode for the whole run: state carries over between
+	// inputs, as it does in production. fsync is off here, only here: the
+	// fuzzer looks for crashes, and durability has its own tests.
+	p := &recordingPolicy{boots: map[string]Boot{"02:00:00:00:00:01": {TFTPFile: "x.efi", HTTPURL: "http://h/x"}, "02:00:00:00:00:02": {HTTPURL: "http://h/y"}}}
+	auth := newHarness(f, authConfig(f), p)
+	auth.s.store.db.NoSync = true
+	prox := newHarness(f, proxyConfig(), p)
 	f.Fuzz(func(t *testing.T, b []byte, proxy bool) {
-		cfg := authConfig(t)
-		p := &recordingPolicy{boots: map[string]Boot{"02:00:00:00:00:01": {TFTPFile: "x.efi", HTTPURL: "http://h/x"}, "02:00:00:00:00:02": {HTTPURL: "http://h/y"}}}
+		h := auth
 		if proxy {
-			cfg = proxyConfig()
+			h = prox
 		}
-		h := newHarness(t, cfg, p)
+		h.t = t
 		for _, l := range []*listener{h.relay, h.local, h.pxe} {
 			h.s.handle(t.Context(), l, b, netip.MustParseAddrPort("10.0.0.1:67"))
 		}
@@ -70,8 +75,7 @@ func FuzzHandle(f *testing.F) {
 // FuzzOptions checks the option pre-scan against the library parser on
 // arbitrary option areas, and the client view built from them.
 func FuzzOptions(f *testing.F) {
-	t := &testing.T{}
-	for _, b := range seedPackets(t) {
+	for _, b := range seedPackets(f) {
 		f.Add(b[240:])
 	}
 	f.Add([]byte{0, 0, 255})

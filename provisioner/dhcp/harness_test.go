@@ -48,7 +48,7 @@ func (f *fakeConn) Close() error        { f.once.Do(func() { close(f.closed) });
 // harness drives the handler directly: no sockets, a real lease file, a
 // clock the test moves.
 type harness struct {
-	t     *testing.T
+	t     testing.TB
 	s     *Server
 	relay *listener // relayed traffic (perfdhcp style)
 	local *listener // a directly attached interface
@@ -62,7 +62,7 @@ const (
 	serverIP = "10.0.0.254"
 )
 
-func authConfig(t *testing.T) Config {
+func authConfig(t testing.TB) Config {
 	t.Helper()
 	return Config{
 		Mode:    ModeAuthoritative,
@@ -77,7 +77,7 @@ func authConfig(t *testing.T) Config {
 	}
 }
 
-func newHarness(t *testing.T, cfg Config, policy Policy) *harness {
+func newHarness(t testing.TB, cfg Config, policy Policy) *harness {
 	t.Helper()
 	c, err := compile(cfg)
 	if err != nil {
@@ -202,7 +202,7 @@ func (h *harness) onDisk(ip string) (*lease, bool) {
 	return l, l != nil
 }
 
-func mustU32(t *testing.T, ip string) uint32 {
+func mustU32(t testing.TB, ip string) uint32 {
 	t.Helper()
 	v, ok := ipToU32(net.ParseIP(ip))
 	if !ok {
@@ -212,7 +212,7 @@ func mustU32(t *testing.T, ip string) uint32 {
 }
 
 // msg builds a client message with a fixed transaction ID per MAC.
-func msg(t *testing.T, typ dhcpv4.MessageType, mac string, mods ...dhcpv4.Modifier) *dhcpv4.DHCPv4 {
+func msg(t testing.TB, typ dhcpv4.MessageType, mac string, mods ...dhcpv4.Modifier) *dhcpv4.DHCPv4 {
 	t.Helper()
 	hw, err := net.ParseMAC(mac)
 	if err != nil {
