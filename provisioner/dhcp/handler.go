@@ -201,8 +201,8 @@ func (s *Server) authoritative(ctx context.Context, l *listener, m *dhcpv4.DHCPv
 						s.count(m, resultDropped)
 						return
 					}
-					s.write(l, out, dst)
 					s.count(m, resultAnswered)
+					s.write(l, out, dst)
 				}
 			}
 			s.store.in <- w
