@@ -79,6 +79,17 @@ type Store struct {
 	offers  map[string][]offer    // base file name → machines it was offered to
 
 	events *prometheus.CounterVec
+
+	commits chan commit
+	quit    chan struct{}
+	stopped chan struct{}
+	closing sync.Once
+}
+
+// commit is one write waiting for the group committer.
+type commit struct {
+	fn   func(*bolt.Tx) error
+	done chan error
 }
 
 type offer struct {
@@ -138,6 +149,9 @@ func Open(file string, opts Options) (*Store, error) {
 			Help: "Boot events recorded in the inventory, by kind.",
 		}, []string{"kind"}),
 	}
+	s.commits = make(chan commit, 1024)
+	s.quit = make(chan struct{})
+	s.stopped = make(chan struct{})
 	if opts.Registerer != nil {
 		if err := opts.Registerer.Register(s.events); err != nil {
 			db.Close()
@@ -148,11 +162,84 @@ func Open(file string, opts Options) (*Store, error) {
 			return nil, fmt.Errorf("inventory: register metrics: %w", err)
 		}
 	}
+	go s.committer()
 	return s, nil
 }
 
-// Close closes the database.
-func (s *Store) Close() error { return s.db.Close() }
+// Close stops the committer (after the writes already queued) and closes
+// the database.
+func (s *Store) Close() error {
+	s.closing.Do(func() { close(s.quit) })
+	<-s.stopped
+	return s.db.Close()
+}
+
+var errClosed = errors.New("inventory closed")
+
+// write runs fn in a read-write transaction shared with whatever other
+// writes are queued at that moment: one fsync for all of them (group
+// commit). Unlike bbolt's Batch it never waits for a timer, so a lone
+// request is committed at once. fn may run twice (alone, if the shared
+// transaction failed), so it must derive everything from tx.
+func (s *Store) write(fn func(*bolt.Tx) error) error {
+	c := commit{fn: fn, done: make(chan error, 1)}
+	select {
+	case s.commits <- c:
+	case <-s.quit:
+		return errClosed
+	}
+	return <-c.done
+}
+
+func (s *Store) committer() {
+	defer close(s.stopped)
+	const maxGroup = 512
+	group := make([]commit, 0, maxGroup)
+	for {
+		group = group[:0]
+		select {
+		case c := <-s.commits:
+			group = append(group, c)
+		case <-s.quit:
+			// Drain what was queued before Close.
+			for {
+				select {
+				case c := <-s.commits:
+					c.done <- s.db.Update(c.fn)
+				default:
+					return
+				}
+			}
+		}
+	fill:
+		for len(group) < maxGroup {
+			select {
+			case c := <-s.commits:
+				group = append(group, c)
+			default:
+				break fill
+			}
+		}
+		err := s.db.Update(func(tx *bolt.Tx) error {
+			for _, c := range group {
+				if err := c.fn(tx); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err == nil || len(group) == 1 {
+			for _, c := range group {
+				c.done <- err
+			}
+			continue
+		}
+		// One failed: rerun each alone so only it sees its error.
+		for _, c := range group {
+			c.done <- s.db.Update(c.fn)
+		}
+	}
+}
 
 // Request is what the DHCP server saw of a client (mirrors dhcp.Client).
 type Request struct {
@@ -175,7 +262,7 @@ type Answer struct {
 
 // Boot records the request and decides the boot answer. Unaccepted machines
 // get the discovery profile or nothing. The write is group-committed with
-// concurrent requests (bbolt Batch) and fsynced before Boot returns, so a
+// concurrent requests and fsynced before Boot returns, so a
 // machine that got an answer is on disk.
 func (s *Store) Boot(ctx context.Context, req Request) (Answer, error) {
 	if len(req.MAC) != 6 {
@@ -195,7 +282,7 @@ func (s *Store) Boot(ctx context.Context, req Request) (Answer, error) {
 		m     Machine
 		kinds []EventKind
 	)
-	err := s.db.Batch(func(tx *bolt.Tx) error {
+	err := s.write(func(tx *bolt.Tx) error {
 		kinds = kinds[:0]
 		ans = Answer{}
 		var err error
@@ -422,7 +509,7 @@ func (s *Store) RecordTransfer(t Transfer) error {
 	}
 	mac := s.attribute(t, now)
 	ev.MAC = mac
-	err := s.db.Batch(func(tx *bolt.Tx) error {
+	err := s.write(func(tx *bolt.Tx) error {
 		e := ev
 		if mac == "" {
 			return s.appendEvent(tx, e)

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -22,7 +23,7 @@ type clock struct{ t time.Time }
 
 func (c *clock) now() time.Time { c.t = c.t.Add(time.Second); return c.t }
 
-func open(t *testing.T, opts Options) *Store {
+func open(t testing.TB, opts Options) *Store {
 	t.Helper()
 	if opts.Now == nil {
 		c := &clock{time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)}
@@ -466,4 +467,22 @@ func TestCrashDurability(t *testing.T) {
 			t.Errorf("acknowledged machine %s lost after kill -9: %v", mac, err)
 		}
 	}
+}
+
+// BenchmarkBootParallel measures recording DHCP requests from many machines
+// at once, with fsync: the group committer's throughput.
+func BenchmarkBootParallel(b *testing.B) {
+	s := open(b, Options{Now: time.Now, DefaultProfile: "worker"})
+	s.PutProfile(worker)
+	var n atomic.Uint32
+	b.SetParallelism(16)
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			i := n.Add(1)
+			mac := net.HardwareAddr{2, 0, byte(i >> 24), byte(i >> 16), byte(i >> 8), byte(i)}
+			if _, err := s.Boot(context.Background(), Request{MAC: mac, PXE: true, Arch: ArchX64UEFI}); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 }
