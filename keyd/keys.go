@@ -118,3 +118,6 @@ func (s *secret) set(m []byte) error {
 	s.master = append([]byte(nil), m...)
 	return nil
 }
+
+// equalCT compares secrets and commitments in constant time.
+func equalCT(a, b []byte) bool { return len(a) == len(b) && subtle.ConstantTimeCompare(a, b) == 1 }

@@ -46,6 +46,9 @@ type nodeRecord struct {
 	FirstAdmitted   time.Time       `json:"first_admitted"`
 	LastAdmitted    time.Time       `json:"last_admitted"`
 	LogIndex        uint64          `json:"log_index"`
+	// Withdrawn: out of the peer set because its image's security
+	// version was revoked; a new admission clears it.
+	Withdrawn bool `json:"withdrawn,omitempty"`
 }
 
 // clusterRecord is what init stored besides the commitment.
@@ -184,7 +187,7 @@ func (n *nodeRecord) apiNode(revoked bool) api.Node {
 		Measurements: n.Verified.Measurements, SecurityVersion: n.SecurityVersion,
 		WireGuardKey: n.Claims.WireGuardKey, Endpoints: n.Claims.Endpoints, DiskUUIDs: n.Claims.DiskUUIDs,
 		MeshAddress: n.MeshAddress.String(), FirstAdmitted: n.FirstAdmitted, LastAdmitted: n.LastAdmitted,
-		LogIndex: n.LogIndex, Revoked: revoked,
+		LogIndex: n.LogIndex, Revoked: revoked || n.Withdrawn,
 	}
 	if n.MeshIPv4.IsValid() {
 		out.MeshIPv4 = n.MeshIPv4.String()
@@ -214,6 +217,9 @@ func readPeers(tx store.Tx) (*api.PeerSet, error) {
 		if err := json.Unmarshal(v, &n); err != nil {
 			return fmt.Errorf("decode node %q: %w", k, err)
 		}
+		if n.Withdrawn {
+			return nil
+		}
 		revoked, err := isRevoked(tx, string(k))
 		if err != nil || revoked {
 			return err
@@ -223,3 +229,5 @@ func readPeers(tx store.Tx) (*api.PeerSet, error) {
 	})
 	return ps, err
 }
+
+func jsonUnmarshal(b []byte, v any) error { return json.Unmarshal(b, v) }
