@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-pkgs=(gcc libssl-dev)            # unit: the go-tpm-tools TPM simulator is cgo + OpenSSL
+# unit: the go-tpm-tools TPM simulator is cgo + OpenSSL; the provisioner UI test drives chromium
+pkgs=(gcc libssl-dev chromium)
 for tier in "$@"; do
 	case "$tier" in
 	unit) ;;
