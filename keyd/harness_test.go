@@ -45,6 +45,9 @@ type harness struct {
 	addr     string
 	chain    *snptest.Chain
 	bundle   string
+	// peerBundle is the collateral the peers use to verify keyd, apart
+	// from keyd's own, so a test can break one side only.
+	peerBundle string
 	keydRef  *attest.Reference
 	nodeRef  *attest.Reference
 	owner    ed25519.PrivateKey
@@ -102,9 +105,11 @@ func testConfig() *Config {
 
 func newHarness(t testing.TB, o harnessOpts) *harness {
 	t.Helper()
-	h := &harness{t: t, chain: testChain(t), bundle: t.TempDir()}
-	if err := h.chain.WriteBundle(h.bundle, snptest.BundleOptions{}); err != nil {
-		t.Fatal(err)
+	h := &harness{t: t, chain: testChain(t), bundle: t.TempDir(), peerBundle: t.TempDir()}
+	for _, d := range []string{h.bundle, h.peerBundle} {
+		if err := h.chain.WriteBundle(d, snptest.BundleOptions{}); err != nil {
+			t.Fatal(err)
+		}
 	}
 	h.keydRef = h.chain.Reference()
 	h.keydRef.Profile = snpKeydProfile
@@ -197,7 +202,7 @@ func (h *harness) stop() {
 func (h *harness) clientConfig(claims attest.Claims, att attest.Attester) *atls.Config {
 	return &atls.Config{
 		ClusterID: testCluster, Claims: claims, Attester: att,
-		Verifiers: map[attest.Platform]attest.Verifier{attest.PlatformSNP: &snp.Verifier{Roots: h.chain.Roots(), Getter: &snp.Collateral{Dir: h.bundle}}},
+		Verifiers: map[attest.Platform]attest.Verifier{attest.PlatformSNP: &snp.Verifier{Roots: h.chain.Roots(), Getter: &snp.Collateral{Dir: h.peerBundle}}},
 		Reference: func(_ context.Context, peer attest.Claims) (*attest.Reference, error) {
 			if peer.Role != attest.RoleKeyd || peer.Profile != snpKeydProfile {
 				return nil, fmt.Errorf("peer role %q profile %q is not keyd", peer.Role, peer.Profile)
@@ -250,6 +255,16 @@ func (h *harness) ownerRequest(action, nodeID string, version uint64) *api.Owner
 	rand.Read(r.Nonce)
 	r.Sign(h.owner)
 	return r
+}
+
+// waitDenials waits for the denial count of c to reach want: keyd counts a
+// handshake denial after it told the peer, so the peer may be faster.
+func (h *harness) waitDenials(c attest.Class, want float64) float64 {
+	deadline := time.Now().Add(2 * time.Second)
+	for h.denials(c) < want && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	return h.denials(c)
 }
 
 func (h *harness) denials(c attest.Class) float64 {

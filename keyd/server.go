@@ -192,6 +192,14 @@ func (k *Keyd) handleAdmit(w http.ResponseWriter, r *http.Request) {
 	_, _ = io.Copy(io.Discard, r.Body) // the body carries nothing trusted
 	resp, err := k.admit(r.Context(), p)
 	if err != nil {
+		var d *attest.Error
+		if !errors.Is(err, errLocked) && !errors.As(err, &d) {
+			// keyd's own failure: counted as an internal denial, but the
+			// node is told to retry, since nothing was decided.
+			k.denied(r.RemoteAddr, p.claims.NodeID, attest.Deny(attest.ClassInternal, err))
+			retryLater(w, http.StatusServiceUnavailable)
+			return
+		}
 		k.fail(w, r, p.claims.NodeID, err)
 		return
 	}
