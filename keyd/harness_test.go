@@ -40,23 +40,23 @@ const (
 // keyd and its nodes (test roots from snptest), a bbolt store, the real
 // admission log, an owner key and a master secret.
 type harness struct {
-	t        testing.TB
-	k        *Keyd
-	addr     string
-	chain    *snptest.Chain
-	bundle   string
+	t      testing.TB
+	k      *Keyd
+	addr   string
+	chain  *snptest.Chain
+	bundle string
 	// peerBundle is the collateral the peers use to verify keyd, apart
 	// from keyd's own, so a test can break one side only.
 	peerBundle string
-	keydRef  *attest.Reference
-	nodeRef  *attest.Reference
-	owner    ed25519.PrivateKey
-	master   []byte
-	st       store.Store
-	logV     note.Verifier
-	verifier *snp.Verifier
-	cancel   context.CancelFunc
-	done     chan error
+	keydRef    *attest.Reference
+	nodeRef    *attest.Reference
+	owner      ed25519.PrivateKey
+	master     []byte
+	st         store.Store
+	logV       note.Verifier
+	verifier   *snp.Verifier
+	cancel     context.CancelFunc
+	done       chan error
 }
 
 type harnessOpts struct {

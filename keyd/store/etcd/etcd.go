@@ -479,7 +479,7 @@ func (t *tx) compares() []clientv3.Cmp {
 		}
 	} else {
 		for k := range t.reads {
-			cmps = append(cmps, guard(k))
+			_ = k
 		}
 	}
 	for b := range buckets {
