@@ -174,6 +174,20 @@ func newHarness(t testing.TB, o harnessOpts) *harness {
 	return h
 }
 
+// logVerifier is the note verifier of the harness's log key (seed zero).
+func (h *harness) logVerifier(t testing.TB) note.Verifier {
+	t.Helper()
+	_, vkey, err := auditlog.NewSigner(testOrigin, ed25519.NewKeyFromSeed(make([]byte, ed25519.SeedSize)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := note.NewVerifier(vkey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
 func (h *harness) start() {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

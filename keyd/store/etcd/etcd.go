@@ -479,7 +479,7 @@ func (t *tx) compares() []clientv3.Cmp {
 		}
 	} else {
 		for k := range t.reads {
-			_ = k
+			cmps = append(cmps, guard(k))
 		}
 	}
 	for b := range buckets {
