@@ -6,12 +6,16 @@
 # `RATIO dhcp-dora-r<rate> provisioner/<peer> = N.NNx` lines.
 #
 # Usage: bench/dhcp.sh            (root; needs kea-admin kea-dhcp4-server dnsmasq-base)
-# Env:   PERIOD (default 20 s), RATES (default "5000 7500"), CLIENTS (-R, default 20000)
+# Env:   PERIOD (default 20 s), RATES (default "5000 7500"), CLIENTS (-R, default 20000),
+#        REPEAT (default 2: each server runs this often per rate, interleaved with
+#        the others, and its best run counts; the machine's other load varies),
+#        KEEP=1 keeps the temp dir (server and perfdhcp logs) and prints its path.
 set -euo pipefail
 
 PERIOD=${PERIOD:-20}
 RATES=${RATES:-"5000 7500"}
 CLIENTS=${CLIENTS:-20000}
+REPEAT=${REPEAT:-2}
 
 if [[ $(id -u) != 0 ]]; then
 	echo "bench/dhcp.sh: needs root (network namespaces)" >&2
@@ -40,7 +44,7 @@ cleanup() {
 	stop_server
 	ip netns del "$SRVNS" 2>/dev/null || true
 	ip netns del "$CLINS" 2>/dev/null || true
-	rm -rf "$T"
+	if [[ ${KEEP:-} == 1 ]]; then echo "logs kept in $T" >&2; else rm -rf "$T"; fi
 }
 trap cleanup EXIT INT TERM
 
@@ -117,26 +121,33 @@ leases_on_disk() {
 
 declare -A RATE_OF DISK_OF
 for rate in $RATES; do
-	for name in provisioner kea dnsmasq; do
-		d="$T/$name-$rate"
-		mkdir -p "$d"
-		"start_$name" "$d"
-		# perfdhcp acts as a relay (giaddr = 10.77.0.2, unicast to the
-		# server). It exits 3 when exchanges are still in flight at the end,
-		# which is not a failure.
-		rc=0
-		ip netns exec "$CLINS" taskset -c 1 perfdhcp -4 -r "$rate" -R "$CLIENTS" -p "$PERIOD" -l vcli 10.77.0.1 \
-			>"$d/perfdhcp.log" 2>&1 || rc=$?
-		stop_server
-		if [[ $rc != 0 && $rc != 3 ]]; then
-			echo "perfdhcp against $name at -r $rate failed (exit $rc):" >&2
-			cat "$d/perfdhcp.log" >&2
-			exit 1
-		fi
-		r=$(awk '/^Rate:/ {print $2; exit}' "$d/perfdhcp.log")
-		RATE_OF[$name,$rate]=${r:-0}
-		DISK_OF[$name,$rate]=$(leases_on_disk "$name" "$d")
-		printf '%-12s -r %-5s %10.1f DORA/s  %7s leases on disk\n' "$name" "$rate" "${RATE_OF[$name,$rate]}" "${DISK_OF[$name,$rate]}" >&2
+	for rep in $(seq "$REPEAT"); do
+		for name in provisioner kea dnsmasq; do
+			d="$T/$name-$rate-$rep"
+			mkdir -p "$d"
+			"start_$name" "$d"
+			# perfdhcp acts as a relay (giaddr = 10.77.0.2, unicast to the
+			# server). It exits 3 when exchanges are still in flight at the
+			# end, which is not a failure.
+			rc=0
+			ip netns exec "$CLINS" taskset -c 1 perfdhcp -4 -r "$rate" -R "$CLIENTS" -p "$PERIOD" -l vcli 10.77.0.1 \
+				>"$d/perfdhcp.log" 2>&1 || rc=$?
+			stop_server
+			if [[ $rc != 0 && $rc != 3 ]]; then
+				echo "perfdhcp against $name at -r $rate failed (exit $rc):" >&2
+				cat "$d/perfdhcp.log" >&2
+				exit 1
+			fi
+			r=$(awk '/^Rate:/ {print $2; exit}' "$d/perfdhcp.log")
+			r=${r:-0}
+			disk=$(leases_on_disk "$name" "$d")
+			drops=$(awk '/^drops ratio:/ {printf "%s%s", sep, $3; sep="/"}' "$d/perfdhcp.log")
+			printf '%-12s -r %-5s run %d %10.1f DORA/s  %7s leases on disk  drops DO/RA %s%%\n' "$name" "$rate" "$rep" "$r" "$disk" "$drops" >&2
+			if awk -v a="$r" -v b="${RATE_OF[$name,$rate]:-0}" 'BEGIN { exit !(a >= b) }'; then
+				RATE_OF[$name,$rate]=$r
+				DISK_OF[$name,$rate]=$disk
+			fi
+		done
 	done
 done
 

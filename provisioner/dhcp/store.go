@@ -105,6 +105,9 @@ func openStore(path string, maxBatch int) (*store, error) {
 		// something to wait for.
 		Timeout:      time.Second,
 		FreelistType: bolt.FreelistMapType,
+		// The freelist is rebuilt on open (a lease file is small), so each
+		// commit writes only lease pages and the meta page.
+		NoFreelistSync: true,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("open lease_db %s: %w", path, err)
