@@ -205,16 +205,18 @@ func TestDeny(t *testing.T) {
 	})
 
 	t.Run("wrong-origin", func(t *testing.T) {
-		// Another log signed by a key with the origin's name... of its own.
+		// The log key also signs checkpoints of another log (same trees,
+		// other origin): they must not pass for this log's.
 		v := newValid(t)
-		signer, _, err := NewSigner("other.log", v.f.key)
-		if err != nil {
-			t.Fatal(err)
-		}
-		c := v.new
-		c.Origin = "other.log"
-		if v.newMsg, err = note.Sign(&note.Note{Text: string(c.Body())}, signer, v.f.log.signer); err != nil {
-			t.Fatal(err)
+		for _, m := range []*[]byte{&v.oldMsg, &v.newMsg} {
+			c, err := VerifyCheckpoint(*m, testOrigin, v.f.ver)
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.Origin = "other.log"
+			if *m, err = note.Sign(&note.Note{Text: string(c.Body())}, v.f.log.signer); err != nil {
+				t.Fatal(err)
+			}
 		}
 		wantDenied(t, v.check(v.f.ver), ErrOrigin)
 	})
