@@ -235,4 +235,3 @@ func startCrashChild(t *testing.T, dir string) *crashChild {
 type discard struct{}
 
 func (discard) Write(p []byte) (int, error) { return len(p), nil }
-

@@ -3,6 +3,8 @@ package auditlog
 import (
 	"bytes"
 	"context"
+	"crypto/ed25519"
+	"encoding/base64"
 	"errors"
 	"testing"
 
@@ -26,7 +28,7 @@ type valid struct {
 	incl           tlog.RecordProof
 }
 
-func newValid(t *testing.T) *valid {
+func newValid(t testing.TB) *valid {
 	t.Helper()
 	ctx := context.Background()
 	v := &valid{f: newFixture(t), index: 4}
@@ -245,4 +247,41 @@ func TestDeny(t *testing.T) {
 		v.index = v.new.Size
 		wantDenied(t, v.check(v.f.ver), ErrInclusion)
 	})
+}
+
+// BenchmarkVerify is one full client check of the log: two checkpoint
+// signatures, a consistency proof and an inclusion proof.
+func BenchmarkVerify(b *testing.B) {
+	v := newValid(b)
+	for b.Loop() {
+		if err := v.check(v.f.ver); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkFloor is only the two Ed25519 signature verifications that
+// BenchmarkVerify performs.
+func BenchmarkFloor(b *testing.B) {
+	v := newValid(b)
+	type signed struct{ text, sig []byte }
+	var sigs []signed
+	for _, msg := range [][]byte{v.oldMsg, v.newMsg} {
+		i := bytes.Index(msg, []byte("\n\n"))
+		line := bytes.TrimSuffix(msg[i+2:], []byte("\n"))
+		_, b64, _ := bytes.Cut(bytes.TrimPrefix(line, []byte("\u2014 ")), []byte(" "))
+		raw, err := base64.StdEncoding.DecodeString(string(b64))
+		if err != nil || len(raw) != 4+ed25519.SignatureSize {
+			b.Fatalf("signature line %q: %v", line, err)
+		}
+		sigs = append(sigs, signed{msg[:i+1], raw[4:]})
+	}
+	pub := v.f.key.Public().(ed25519.PublicKey)
+	for b.Loop() {
+		for _, s := range sigs {
+			if !ed25519.Verify(pub, s.text, s.sig) {
+				b.Fatal("signature does not verify")
+			}
+		}
+	}
 }
