@@ -208,3 +208,70 @@ func TestNetnsBroadcastDORA(t *testing.T) {
 		t.Errorf("server answered on vs1, an interface it was not given: %v", r)
 	}
 }
+
+// TestNetnsProxy: proxyDHCP on a veth answers a broadcast PXE DISCOVER on
+// port 67 with boot information and no address, and a REQUEST unicast to
+// port 4011 with an ACK back to the client; a non-PXE client hears nothing.
+func TestNetnsProxy(t *testing.T) {
+	lab := newNetnsLab(t)
+	lab.veth("vs0", "vc0", "10.89.0.1/24")
+	var s *Server
+	var c *bcastClient
+	lab.in(lab.cli, func() { c = newBcastClient(t, "vc0") })
+	p := &recordingPolicy{boots: map[string]Boot{c.mac.String(): {TFTPFile: "uefi/x64/palisade.efi"}}}
+	lab.in(lab.srv, func() {
+		var err error
+		if s, err = New(Config{Mode: ModeProxy, Interfaces: []string{"vs0"}}, p, nil, nil); err != nil {
+			t.Fatalf("New in namespace: %v", err)
+		}
+	})
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- s.Serve(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+	})
+
+	pxe := []dhcpv4.Modifier{dhcpv4.WithBroadcast(true), withArch(7), withVendor("PXEClient:Arch:00007:UNDI:003016"), withUUID()}
+	offer := c.exchange(t, msg(t, dhcpv4.MessageTypeDiscover, c.mac.String(), pxe...), net.IPv4bcast, 5*time.Second)
+	if offer == nil || offer.MessageType() != dhcpv4.MessageTypeOffer {
+		t.Fatalf("PXE DISCOVER: got %v, want proxy OFFER", offer)
+	}
+	if !offer.YourIPAddr.IsUnspecified() || offer.BootFileName != "uefi/x64/palisade.efi" || !offer.ServerIPAddr.Equal(net.ParseIP("10.89.0.1")) {
+		t.Errorf("proxy OFFER yiaddr %v file %q siaddr %v", offer.YourIPAddr, offer.BootFileName, offer.ServerIPAddr)
+	}
+	plain := msg(t, dhcpv4.MessageTypeDiscover, c.mac.String(), dhcpv4.WithBroadcast(true))
+	plain.TransactionID[0] ^= 0xff
+	if r := c.exchange(t, plain, net.IPv4bcast, 500*time.Millisecond); r != nil {
+		t.Errorf("proxy answered a non-PXE client: %v", r)
+	}
+
+	// The site's DHCP server would have given the client 10.89.0.50.
+	lab.ip("-n", lab.cli, "addr", "add", "10.89.0.50/24", "dev", "vc0")
+	var ack *dhcpv4.DHCPv4
+	lab.in(lab.cli, func() {
+		uc, err := listenUDP(context.Background(), "vc0", &net.UDPAddr{IP: net.ParseIP("10.89.0.50"), Port: 0})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer uc.Close()
+		req := msg(t, dhcpv4.MessageTypeRequest, c.mac.String(), append(pxe[1:], dhcpv4.WithClientIP(net.ParseIP("10.89.0.50")))...)
+		req.TransactionID[1] ^= 0xff
+		if _, err := uc.WriteToUDP(req.ToBytes(), &net.UDPAddr{IP: net.ParseIP("10.89.0.1"), Port: PXEPort}); err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, 1500)
+		uc.SetReadDeadline(time.Now().Add(5 * time.Second))
+		n, _, err := uc.ReadFromUDP(buf)
+		if err != nil {
+			t.Fatalf("no answer on port %d: %v", PXEPort, err)
+		}
+		if ack, err = dhcpv4.FromBytes(buf[:n]); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if ack.MessageType() != dhcpv4.MessageTypeAck || ack.BootFileName != "uefi/x64/palisade.efi" {
+		t.Errorf("port 4011 answer: %v", ack)
+	}
+}
