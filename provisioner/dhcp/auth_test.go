@@ -63,7 +63,7 @@ func TestOfferIsNotDurable(t *testing.T) {
 		t.Error("an OFFER was written to the lease file")
 	}
 	// The offered address is held for the client against others...
-	if ip := h.relayed(msg(t, dhcpv4.MessageTypeDiscover, "02:00:00:00:00:02")).YourIPAddr; ip.Equal(offer.YourIPAddr) {
+	if ip := h.relayed(msg(t, dhcpv4.MessageTypeDiscover, "02:00:00:00:00:02", dhcpv4.WithOption(dhcpv4.OptRequestedIPAddress(offer.YourIPAddr)))).YourIPAddr; ip.Equal(offer.YourIPAddr) {
 		t.Errorf("offered address %v offered again to another client", ip)
 	}
 	// ...until the hold ends.
@@ -143,8 +143,9 @@ func TestReleaseAndDecline(t *testing.T) {
 		t.Fatalf("declined address on disk = %+v", l)
 	}
 	for i := 0; i < 3; i++ {
+		// Even asking for it by name does not get it.
 		mac := net.HardwareAddr{2, 0, 0, 0, 1, byte(i)}.String()
-		if got := h.dora(mac).YourIPAddr; got.Equal(ipB) {
+		if got := h.dora(mac, dhcpv4.WithOption(dhcpv4.OptRequestedIPAddress(ipB))).YourIPAddr; got.Equal(ipB) {
 			t.Errorf("declined %v handed to %s", ipB, mac)
 		}
 	}
@@ -185,6 +186,11 @@ func TestExpiry(t *testing.T) {
 
 func TestReservation(t *testing.T) {
 	h := newHarness(t, authConfig(t), nil)
+	// Before its owner ever asked, the reserved address is not for others.
+	early := h.relayed(msg(t, dhcpv4.MessageTypeDiscover, "02:00:00:00:00:02", dhcpv4.WithOption(dhcpv4.OptRequestedIPAddress(net.ParseIP("10.0.0.50")))))
+	if early == nil || early.YourIPAddr.Equal(net.ParseIP("10.0.0.50")) {
+		t.Errorf("reserved address offered to another MAC before its owner asked: %v", early)
+	}
 	if ip := h.dora("02:00:00:00:00:99").YourIPAddr.String(); ip != "10.0.0.50" {
 		t.Errorf("reserved MAC got %s, want 10.0.0.50 (outside the range)", ip)
 	}
@@ -248,6 +254,29 @@ func TestInitRebootAndNAK(t *testing.T) {
 		if r == nil || r.MessageType() != dhcpv4.MessageTypeNak {
 			t.Errorf("%s: INIT-REBOOT for %s got %v, want NAK", name, want, r)
 		}
+	}
+}
+
+func TestRelaySubnetSelection(t *testing.T) {
+	cfg := authConfig(t)
+	cfg.Subnets = append(cfg.Subnets, Subnet{CIDR: "10.0.1.0/24", RangeStart: "10.0.1.10", RangeEnd: "10.0.1.20", Router: "10.0.1.1"})
+	h := newHarness(t, cfg, nil)
+	for relay, want := range map[string]string{"10.0.0.1": "10.0.0.100", "10.0.1.1": "10.0.1.10"} {
+		m := msg(t, dhcpv4.MessageTypeDiscover, "02:00:00:00:00:01")
+		m.GatewayIPAddr = net.ParseIP(relay).To4()
+		r, dst := h.do(h.relay, m, relay+":67")
+		if r == nil || r.YourIPAddr.String() != want {
+			t.Errorf("relay %s: offer %v, want %s", relay, r, want)
+			continue
+		}
+		if dst != netip.MustParseAddrPort(relay+":67") {
+			t.Errorf("relay %s: OFFER sent to %v", relay, dst)
+		}
+	}
+	m := msg(t, dhcpv4.MessageTypeDiscover, "02:00:00:00:00:02")
+	m.GatewayIPAddr = net.ParseIP("192.168.50.1").To4()
+	if r, _ := h.do(h.relay, m, "192.168.50.1:67"); r != nil {
+		t.Errorf("relay from an unserved subnet got an offer: %v", r)
 	}
 }
 
