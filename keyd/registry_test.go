@@ -2,6 +2,7 @@ package keyd
 
 import (
 	"context"
+	"crypto/ed25519"
 	"errors"
 	"testing"
 	"time"
@@ -175,6 +176,12 @@ func TestRecover(t *testing.T) {
 		t.Fatalf("admit after restart: %v, want locked", err)
 	}
 	wrong := make([]byte, api.MasterSecretSize)
+	// A locked keyd must not take a new secret by init: that would hand
+	// whoever races the owner a master secret of their choosing.
+	if err := h.ownerClient().Init(ctx, &api.InitRequest{ClusterID: testCluster, MasterSecret: wrong,
+		OwnerKey: h.owner.Public().(ed25519.PublicKey)}); err == nil {
+		t.Fatal("init accepted on a restarted, locked keyd")
+	}
 	if err := h.ownerClient().Recover(ctx, &api.RecoverRequest{MasterSecret: wrong}); err == nil {
 		t.Fatal("recover with a wrong secret accepted")
 	}
@@ -187,5 +194,55 @@ func TestRecover(t *testing.T) {
 	}
 	if string(r1.DiskKeys[0].Key) != string(r2.DiskKeys[0].Key) {
 		t.Error("disk key changed across restart and recover")
+	}
+}
+
+// The admission transaction re-checks revocations: a revocation that lands
+// between a node's handshake and its admit request still denies it.
+func TestAdmitRechecksRevocationAfterHandshake(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		req  func(h *harness) *api.OwnerRequest
+	}{
+		{"node", func(h *harness) *api.OwnerRequest { return h.ownerRequest(api.ActionRevokeNode, "node-1", 0) }},
+		{"version", func(h *harness) *api.OwnerRequest { return h.ownerRequest(api.ActionRevokeVersion, "", 1) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHarness(t, harnessOpts{})
+			ctx := ctxT(t)
+			// What the handshake proved, before the revocation.
+			p := peerInfo{claims: nodeClaims("node-1"), verified: &attest.Verified{Platform: attest.PlatformSNP, Profile: snpNodeProfile, HardwareID: "chip"}}
+			if _, err := h.k.admit(ctx, p); err != nil {
+				t.Fatalf("valid admission: %v", err)
+			}
+			if err := h.ownerClient().Revoke(ctx, tc.req(h)); err != nil {
+				t.Fatal(err)
+			}
+			_, err := h.k.admit(ctx, p)
+			if attest.ClassOf(err) != attest.ClassRevoked {
+				t.Fatalf("admit after revocation: %v, want class revoked", err)
+			}
+		})
+	}
+}
+
+// A node ID is bound to the hardware of its first admission: another chip
+// claiming it would get its disk keys.
+func TestNodeBoundToHardware(t *testing.T) {
+	h := newHarness(t, harnessOpts{})
+	ctx := ctxT(t)
+	p := peerInfo{claims: nodeClaims("node-1"), verified: &attest.Verified{Platform: attest.PlatformSNP, Profile: snpNodeProfile, HardwareID: "chip-a"}}
+	if _, err := h.k.admit(ctx, p); err != nil {
+		t.Fatal(err)
+	}
+	p.verified = &attest.Verified{Platform: attest.PlatformSNP, Profile: snpNodeProfile, HardwareID: "chip-b"}
+	if _, err := h.k.admit(ctx, p); attest.ClassOf(err) != attest.ClassPolicy {
+		t.Fatalf("node on other hardware: %v, want class policy", err)
+	}
+	if err := h.ownerClient().Reenrol(ctx, h.ownerRequest(api.ActionReenrolDisks, "node-1", 0)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.k.admit(ctx, p); err != nil {
+		t.Fatalf("after re-enrolment: %v", err)
 	}
 }
