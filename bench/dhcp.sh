@@ -63,6 +63,10 @@ ip -n "$CLINS" link set vcli up
 # Servers are started with ip netns exec directly (not through a shell
 # function) so that $! is the server's own PID and stop_server reaches it.
 in_srv() { ip netns exec "$SRVNS" "$@"; }
+# rcvbuf_errors: UDP datagrams the kernel dropped because a socket's receive
+# buffer was full, in namespace $1 (perfdhcp's side shows when the client,
+# not the server, is what overflows).
+rcvbuf_errors() { ip netns exec "$1" awk '/^Udp:/ { getline; print $6; exit }' /proc/net/snmp; }
 
 wait_port67() {
 	for _ in $(seq 100); do
@@ -130,8 +134,12 @@ for rate in $RATES; do
 			# server). It exits 3 when exchanges are still in flight at the
 			# end, which is not a failure.
 			rc=0
+			cli0=$(rcvbuf_errors "$CLINS")
+			srv0=$(rcvbuf_errors "$SRVNS")
 			ip netns exec "$CLINS" taskset -c 1 perfdhcp -4 -r "$rate" -R "$CLIENTS" -p "$PERIOD" -l vcli 10.77.0.1 \
 				>"$d/perfdhcp.log" 2>&1 || rc=$?
+			cliov=$(($(rcvbuf_errors "$CLINS") - cli0))
+			srvov=$(($(rcvbuf_errors "$SRVNS") - srv0))
 			stop_server
 			if [[ $rc != 0 && $rc != 3 ]]; then
 				echo "perfdhcp against $name at -r $rate failed (exit $rc):" >&2
@@ -142,7 +150,8 @@ for rate in $RATES; do
 			r=${r:-0}
 			disk=$(leases_on_disk "$name" "$d")
 			drops=$(awk '/^drops ratio:/ {printf "%s%s", sep, $3; sep="/"}' "$d/perfdhcp.log")
-			printf '%-12s -r %-5s run %d %10.1f DORA/s  %7s leases on disk  drops DO/RA %s%%\n' "$name" "$rate" "$rep" "$r" "$disk" "$drops" >&2
+			printf '%-12s -r %-5s run %d %10.1f DORA/s  %7s leases on disk  drops DO/RA %s%%  rcvbuf overflows server %s client %s\n' \
+				"$name" "$rate" "$rep" "$r" "$disk" "$drops" "$srvov" "$cliov" >&2
 			if awk -v a="$r" -v b="${RATE_OF[$name,$rate]:-0}" 'BEGIN { exit !(a >= b) }'; then
 				RATE_OF[$name,$rate]=$r
 				DISK_OF[$name,$rate]=$disk
