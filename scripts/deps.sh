@@ -5,8 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# unit: the go-tpm-tools TPM simulator is cgo + OpenSSL; the provisioner UI test drives chromium
-pkgs=(gcc libssl-dev chromium)
+# unit: the go-tpm-tools TPM simulator is cgo + OpenSSL; the provisioner UI test
+# drives chromium; keyd's etcd store is tested against a real etcd (3.4).
+pkgs=(gcc libssl-dev chromium etcd-server iproute2)
 for tier in "$@"; do
 	case "$tier" in
 	unit) ;;
