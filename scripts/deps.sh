@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 # unit: the go-tpm-tools TPM simulator is cgo + OpenSSL; the provisioner UI test
 # drives chromium; keyd's etcd store is tested against a real etcd (3.4).
-pkgs=(gcc libssl-dev chromium etcd-server iproute2)
+pkgs=(gcc libssl-dev chromium etcd-server iproute2 strace) # strace: the HTTP boot sendfile test
 for tier in "$@"; do
 	case "$tier" in
 	unit) ;;
