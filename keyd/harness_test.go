@@ -55,8 +55,12 @@ type harness struct {
 	st         store.Store
 	logV       note.Verifier
 	verifier   *snp.Verifier
-	cancel     context.CancelFunc
-	done       chan error
+	// peerVerifiers are what peers verify keyd with (keyd's platform).
+	peerVerifiers map[attest.Platform]attest.Verifier
+	// nodePlats are the platforms of nodes besides SNP, by name.
+	nodePlats map[attest.Platform]*platform
+	cancel    context.CancelFunc
+	done      chan error
 }
 
 type harnessOpts struct {
@@ -68,6 +72,10 @@ type harnessOpts struct {
 	statePath  string
 	logSeed    []byte
 	sealKey    []byte
+	// keyd is keyd's own platform (nil: SEV-SNP from the harness chain).
+	keyd *platform
+	// nodes are platforms keyd admits nodes of besides SEV-SNP.
+	nodes []*platform
 }
 
 var testChain = func() func(testing.TB) *snptest.Chain {
@@ -151,11 +159,26 @@ func newHarness(t testing.TB, o harnessOpts) *harness {
 	h.verifier = &snp.Verifier{Roots: h.chain.Roots(), Getter: &snp.Collateral{Dir: h.bundle}}
 	cfg := testConfig()
 	cfg.Limits = o.limits
+	var keydAtt attest.Attester = &snp.Attester{Transport: &snptest.Transport{Chain: h.chain}}
+	verifiers := map[attest.Platform]attest.Verifier{attest.PlatformSNP: h.verifier}
+	if o.keyd != nil {
+		keydAtt = o.keyd.attester
+		h.keydRef = o.keyd.reference(attest.RoleKeyd)
+		h.peerVerifiers = map[attest.Platform]attest.Verifier{o.keyd.name: o.keyd.verifier}
+		cfg.Profile = h.keydRef.Profile
+		cfg.Attester.Platform = o.keyd.name
+	}
+	refs := []RoleReference{{attest.RoleNode, h.nodeRef}, {attest.RoleKeyd, h.keydRef}}
+	h.nodePlats = map[attest.Platform]*platform{}
+	for _, p := range o.nodes {
+		verifiers[p.name] = p.verifier
+		refs = append(refs, RoleReference{attest.RoleNode, p.reference(attest.RoleNode)})
+		h.nodePlats[p.name] = p
+	}
 	h.k, err = New(context.Background(), cfg, Options{
-		Store: st, Log: l, References: testManifest(t, o.secVersion,
-			RoleReference{attest.RoleNode, h.nodeRef}, RoleReference{attest.RoleKeyd, h.keydRef}),
-		Attester:  &snp.Attester{Transport: &snptest.Transport{Chain: h.chain}},
-		Verifiers: map[attest.Platform]attest.Verifier{attest.PlatformSNP: h.verifier},
+		Store: st, Log: l, References: testManifest(t, o.secVersion, refs...),
+		Attester:  keydAtt,
+		Verifiers: verifiers,
 		SealKey:   o.sealKey,
 	})
 	if err != nil {
@@ -214,11 +237,16 @@ func (h *harness) stop() {
 // clientConfig is a peer's aTLS side: it verifies keyd against the keyd
 // reference; att nil makes it the owner's unattested CLI.
 func (h *harness) clientConfig(claims attest.Claims, att attest.Attester) *atls.Config {
+	vs := h.peerVerifiers
+	if vs == nil { // keyd on SEV-SNP, checked with the peers' own bundle
+		vs = map[attest.Platform]attest.Verifier{
+			attest.PlatformSNP: &snp.Verifier{Roots: h.chain.Roots(), Getter: &snp.Collateral{Dir: h.peerBundle}}}
+	}
 	return &atls.Config{
 		ClusterID: testCluster, Claims: claims, Attester: att,
-		Verifiers: map[attest.Platform]attest.Verifier{attest.PlatformSNP: &snp.Verifier{Roots: h.chain.Roots(), Getter: &snp.Collateral{Dir: h.peerBundle}}},
+		Verifiers: vs,
 		Reference: func(_ context.Context, peer attest.Claims) (*attest.Reference, error) {
-			if peer.Role != attest.RoleKeyd || peer.Profile != snpKeydProfile {
+			if peer.Role != attest.RoleKeyd || peer.Profile != h.keydRef.Profile {
 				return nil, fmt.Errorf("peer role %q profile %q is not keyd", peer.Role, peer.Profile)
 			}
 			return h.keydRef, nil
