@@ -1,0 +1,155 @@
+package boot
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"strings"
+)
+
+// Mount is one file system the init mounts before anything else.
+type Mount struct {
+	Source, Target, FSType string
+	Flags                  uintptr
+	Data                   string
+}
+
+// Process is a started stage.
+type Process interface {
+	// Wait returns when the stage exits; nil means exit status 0.
+	Wait() error
+}
+
+// System is what the boot sequence needs from the machine. The production
+// implementation is Linux (NewLinux); tests use a fake.
+type System interface {
+	Mount(m Mount) error
+	LoadModule(name string) error
+	// Network brings interfaces up with DHCP and returns the raw value of
+	// option DHCPOptionHints from the first lease that carried it (nil if
+	// none did).
+	Network(ctx context.Context, c NetworkConfig) ([]byte, error)
+	Cmdline() (string, error)
+	WriteFile(path string, data []byte) error
+	// Stat reports whether an executable exists at path.
+	Stat(path string) error
+	Start(ctx context.Context, s Stage, env []string) (Process, error)
+}
+
+// Mounts are the pseudo file systems every stage relies on: attestd needs
+// securityfs (TPM event log) and configfs (configfs-tsm reports on SNP/TDX).
+var Mounts = []Mount{
+	{Source: "proc", Target: "/proc", FSType: "proc"},
+	{Source: "sysfs", Target: "/sys", FSType: "sysfs"},
+	{Source: "devtmpfs", Target: "/dev", FSType: "devtmpfs", Data: "mode=0755"},
+	{Source: "tmpfs", Target: "/run", FSType: "tmpfs", Data: "mode=0755"},
+	{Source: "securityfs", Target: "/sys/kernel/security", FSType: "securityfs"},
+	{Source: "configfs", Target: "/sys/kernel/config", FSType: "configfs"},
+}
+
+// ErrStageMissing is returned when a configured stage is not in the image.
+var ErrStageMissing = errors.New("stage missing from this image")
+
+// Run executes the boot sequence and returns only on failure or when every
+// daemon stage has exited (which is a failure too: a node's daemons do not
+// stop). The caller decides what follows (halt in production, a shell in
+// debug).
+func Run(ctx context.Context, log *slog.Logger, c *Config, sys System) error {
+	if err := c.Validate(); err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	for _, m := range Mounts {
+		log.Info("mount", "target", m.Target, "fstype", m.FSType)
+		if err := sys.Mount(m); err != nil {
+			return fmt.Errorf("mount %s on %s: %w", m.FSType, m.Target, err)
+		}
+	}
+	for _, name := range c.Modules {
+		log.Info("load module", "module", name)
+		if err := sys.LoadModule(name); err != nil {
+			return fmt.Errorf("load module %s: %w", name, err)
+		}
+	}
+	cmdline, err := sys.Cmdline()
+	if err != nil {
+		return fmt.Errorf("read kernel cmdline: %w", err)
+	}
+	ch, err := ParseCmdline(cmdline)
+	if err != nil {
+		return err
+	}
+	var dh Hints
+	if !c.Network.Disabled {
+		log.Info("network: dhcp", "interfaces", c.Network.Interfaces)
+		opt, err := sys.Network(ctx, c.Network)
+		if err != nil {
+			return fmt.Errorf("network: %w", err)
+		}
+		if opt != nil {
+			// A malformed DHCP hint is the provisioner's problem, not a
+			// reason to stop: hints are optional and untrusted.
+			if dh, err = ParseDHCPOption(opt); err != nil {
+				log.Warn("ignoring dhcp hints", "err", err)
+				dh = Hints{}
+			}
+		}
+	}
+	h := Merge(ch, dh)
+	hb, err := json.Marshal(h)
+	if err != nil {
+		return err
+	}
+	if err := sys.WriteFile(c.HintsPath, hb); err != nil {
+		return fmt.Errorf("write hints: %w", err)
+	}
+	log.Info("hints (untrusted)", "keyd", strings.Join(h.Keyd, ","), "cluster", h.Cluster, "sources", strings.Join(h.Sources, ","))
+
+	// Check every stage before starting any, so a missing meshd is
+	// reported before attestd has joined and unlocked disks.
+	for _, s := range c.Stages {
+		if err := sys.Stat(s.Path); err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				return fmt.Errorf("stage %s: %s: %w", s.Name, s.Path, ErrStageMissing)
+			}
+			return fmt.Errorf("stage %s: %s: %w", s.Name, s.Path, err)
+		}
+	}
+	env := []string{
+		"PATH=/bin",
+		"PALISADE_PROFILE=" + c.Profile,
+		"PALISADE_HINTS=" + c.HintsPath,
+		"PALISADE_MANIFEST_KEY=" + c.ManifestKey,
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	type exit struct {
+		name string
+		err  error
+	}
+	exits := make(chan exit, len(c.Stages))
+	daemons := 0
+	for _, s := range c.Stages {
+		log.Info("stage start", "stage", s.Name, "path", s.Path, "mode", s.Mode)
+		p, err := sys.Start(ctx, s, env)
+		if err != nil {
+			return fmt.Errorf("stage %s: start: %w", s.Name, err)
+		}
+		if s.Mode == ModeOneshot {
+			if err := p.Wait(); err != nil {
+				return fmt.Errorf("stage %s: %w", s.Name, err)
+			}
+			log.Info("stage done", "stage", s.Name)
+			continue
+		}
+		daemons++
+		go func() { exits <- exit{s.Name, p.Wait()} }()
+	}
+	if daemons == 0 {
+		return fmt.Errorf("every stage exited; nothing keeps the node running")
+	}
+	e := <-exits
+	return fmt.Errorf("stage %s exited: %v", e.name, e.err)
+}
