@@ -1,0 +1,103 @@
+// Package uki assembles a unified kernel image: systemd-stub plus .osrel,
+// .cmdline, .initrd and .linux sections, added with objcopy.
+//
+// It is not a signer: Secure Boot signing happens after, on the output.
+package uki
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+
+	"github.com/palisade-cc/palisade/images/measure"
+)
+
+// DefaultStub is Debian's systemd-stub (package systemd-boot-efi).
+const DefaultStub = "/usr/lib/systemd/boot/efi/linuxx64.efi.stub"
+
+// Section is one section to add, with its content in a file.
+type Section struct {
+	Name string
+	Path string
+}
+
+// Order is the order ukify (systemd 252) adds sections in; .linux goes last
+// so the kernel's decompression has room after it. systemd-stub finds
+// sections by name, so the order only fixes the layout, not the PCR11 order.
+var Order = []string{".osrel", ".cmdline", ".initrd", ".linux"}
+
+const pageSize = 0x1000
+
+func alignUp(v, a uint64) uint64 { return (v + a - 1) &^ (a - 1) }
+
+// Layout returns each section's virtual address: the first after the stub's
+// image end, each next after the previous one, page-aligned so none overlap.
+func Layout(stubSizeOfImage uint64, sizes []uint64) []uint64 {
+	va := alignUp(stubSizeOfImage, pageSize)
+	out := make([]uint64, len(sizes))
+	for i, n := range sizes {
+		out[i] = va
+		va = alignUp(va+n, pageSize)
+	}
+	return out
+}
+
+// Build writes the UKI to out. objcopy is taken from PATH unless given.
+func Build(ctx context.Context, objcopy, stub string, secs []Section, out string) error {
+	if objcopy == "" {
+		objcopy = "objcopy"
+	}
+	sb, err := os.ReadFile(stub)
+	if err != nil {
+		return fmt.Errorf("stub: %w", err)
+	}
+	sp, err := measure.ParsePE(sb)
+	if err != nil {
+		return fmt.Errorf("stub %s: %w", stub, err)
+	}
+	sizes := make([]uint64, len(secs))
+	for i, s := range secs {
+		fi, err := os.Stat(s.Path)
+		if err != nil {
+			return fmt.Errorf("section %s: %w", s.Name, err)
+		}
+		sizes[i] = uint64(fi.Size())
+	}
+	vmas := Layout(uint64(sp.SizeOfImage), sizes)
+	args := []string{}
+	for i, s := range secs {
+		args = append(args,
+			"--add-section", s.Name+"="+s.Path,
+			"--set-section-flags", s.Name+"=data,readonly",
+			"--change-section-vma", fmt.Sprintf("%s=%#x", s.Name, vmas[i]))
+	}
+	tmp := out + ".tmp"
+	args = append(args, stub, tmp)
+	cmd := exec.CommandContext(ctx, objcopy, args...)
+	// objcopy takes the PE timestamp from its input; a fixed environment
+	// keeps locale-dependent output out.
+	cmd.Env = append(os.Environ(), "LC_ALL=C")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("objcopy: %v\n%s", err, b)
+	}
+	ub, err := os.ReadFile(tmp)
+	if err != nil {
+		return err
+	}
+	p, err := measure.ParsePE(ub)
+	if err != nil {
+		return fmt.Errorf("uki: %w", err)
+	}
+	if err := p.CheckLayout(); err != nil {
+		return fmt.Errorf("uki: %w", err)
+	}
+	for i, s := range secs {
+		got := p.Section(s.Name)
+		if got == nil || uint64(got.VirtualSize) != sizes[i] || uint64(got.VirtualAddress) != vmas[i] {
+			return fmt.Errorf("uki: section %s not where objcopy was told (%v)", s.Name, got)
+		}
+	}
+	return os.Rename(tmp, filepath.Clean(out))
+}
