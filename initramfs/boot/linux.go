@@ -14,6 +14,8 @@ import (
 	"github.com/u-root/u-root/pkg/dhclient"
 	"github.com/u-root/u-root/pkg/kmodule"
 	"golang.org/x/sys/unix"
+
+	"github.com/palisade-cc/palisade/initramfs/api"
 )
 
 // Linux is the System of a real boot: PID 1 in the initramfs.
@@ -47,12 +49,12 @@ func (l *Linux) LoadModule(name string) error {
 
 // Network runs DHCPv4 on the configured interfaces and configures every
 // interface that got a lease.
-func (l *Linux) Network(ctx context.Context, c NetworkConfig) ([]byte, error) {
+func (l *Linux) Network(ctx context.Context, c api.NetworkConfig) ([]byte, error) {
 	ifs, err := dhclient.Interfaces(c.Interfaces)
 	if err != nil {
 		return nil, err
 	}
-	req := dhcpv4.WithRequestedOptions(dhcpv4.GenericOptionCode(DHCPOptionHints))
+	req := dhcpv4.WithRequestedOptions(dhcpv4.GenericOptionCode(api.DHCPOptionHints))
 	cfg := dhclient.Config{
 		Timeout:    time.Duration(c.Timeout),
 		Retries:    c.Retries,
@@ -71,7 +73,7 @@ func (l *Linux) Network(ctx context.Context, c NetworkConfig) ([]byte, error) {
 		}
 		leases++
 		if m4, _ := r.Lease.Message(); m4 != nil && hint == nil {
-			hint = m4.Options.Get(dhcpv4.GenericOptionCode(DHCPOptionHints))
+			hint = m4.Options.Get(dhcpv4.GenericOptionCode(api.DHCPOptionHints))
 		}
 	}
 	if leases == 0 {
@@ -108,7 +110,7 @@ func (l *Linux) Stat(p string) error {
 }
 
 // Start starts a stage with the console as its stdio.
-func (l *Linux) Start(ctx context.Context, s Stage, env []string) (Process, error) {
+func (l *Linux) Start(ctx context.Context, s api.Stage, env []string) (Process, error) {
 	cmd := exec.CommandContext(ctx, filepath.Join(l.Root, s.Path), s.Args...)
 	cmd.Env = env
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr

@@ -8,6 +8,8 @@ import (
 	"io/fs"
 	"log/slog"
 	"strings"
+
+	"github.com/palisade-cc/palisade/initramfs/api"
 )
 
 // Mount is one file system the init mounts before anything else.
@@ -31,12 +33,12 @@ type System interface {
 	// Network brings interfaces up with DHCP and returns the raw value of
 	// option DHCPOptionHints from the first lease that carried it (nil if
 	// none did).
-	Network(ctx context.Context, c NetworkConfig) ([]byte, error)
+	Network(ctx context.Context, c api.NetworkConfig) ([]byte, error)
 	Cmdline() (string, error)
 	WriteFile(path string, data []byte) error
 	// Stat reports whether an executable exists at path.
 	Stat(path string) error
-	Start(ctx context.Context, s Stage, env []string) (Process, error)
+	Start(ctx context.Context, s api.Stage, env []string) (Process, error)
 }
 
 // Mounts are the pseudo file systems every stage relies on: attestd needs
@@ -57,7 +59,7 @@ var ErrStageMissing = errors.New("stage missing from this image")
 // daemon stage has exited (which is a failure too: a node's daemons do not
 // stop). The caller decides what follows (halt in production, a shell in
 // debug).
-func Run(ctx context.Context, log *slog.Logger, c *Config, sys System) error {
+func Run(ctx context.Context, log *slog.Logger, c *api.Config, sys System) error {
 	if err := c.Validate(); err != nil {
 		return fmt.Errorf("config: %w", err)
 	}
@@ -77,11 +79,11 @@ func Run(ctx context.Context, log *slog.Logger, c *Config, sys System) error {
 	if err != nil {
 		return fmt.Errorf("read kernel cmdline: %w", err)
 	}
-	ch, err := ParseCmdline(cmdline)
+	ch, err := api.ParseCmdline(cmdline)
 	if err != nil {
 		return err
 	}
-	var dh Hints
+	var dh api.Hints
 	if !c.Network.Disabled {
 		log.Info("network: dhcp", "interfaces", c.Network.Interfaces)
 		opt, err := sys.Network(ctx, c.Network)
@@ -91,13 +93,13 @@ func Run(ctx context.Context, log *slog.Logger, c *Config, sys System) error {
 		if opt != nil {
 			// A malformed DHCP hint is the provisioner's problem, not a
 			// reason to stop: hints are optional and untrusted.
-			if dh, err = ParseDHCPOption(opt); err != nil {
+			if dh, err = api.ParseDHCPOption(opt); err != nil {
 				log.Warn("ignoring dhcp hints", "err", err)
-				dh = Hints{}
+				dh = api.Hints{}
 			}
 		}
 	}
-	h := Merge(ch, dh)
+	h := api.Merge(ch, dh)
 	hb, err := json.Marshal(h)
 	if err != nil {
 		return err
@@ -137,7 +139,7 @@ func Run(ctx context.Context, log *slog.Logger, c *Config, sys System) error {
 		if err != nil {
 			return fmt.Errorf("stage %s: start: %w", s.Name, err)
 		}
-		if s.Mode == ModeOneshot {
+		if s.Mode == api.ModeOneshot {
 			if err := p.Wait(); err != nil {
 				return fmt.Errorf("stage %s: %w", s.Name, err)
 			}

@@ -10,13 +10,14 @@ import (
 	"os/exec"
 	"time"
 
+	"github.com/palisade-cc/palisade/initramfs/api"
 	"github.com/palisade-cc/palisade/initramfs/boot"
 	"golang.org/x/sys/unix"
 )
 
 func main() {
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil)).With("component", "init")
-	c, err := boot.LoadConfig(boot.ConfigPath)
+	c, err := api.LoadConfig(api.ConfigPath)
 	if err != nil {
 		fail(log, nil, err)
 	}
@@ -27,7 +28,7 @@ func main() {
 // fail never returns. PID 1 must not exit (the kernel panics), and a
 // production node must not linger half-booted with a console: it powers off
 // so the operator sees a failed boot, never a usable one.
-func fail(log *slog.Logger, c *boot.Config, err error) {
+func fail(log *slog.Logger, c *api.Config, err error) {
 	log.Error("boot failed", "err", err)
 	if c != nil && c.Shell != "" {
 		fmt.Fprintf(os.Stderr, "init: debug profile: starting %s\n", c.Shell)
