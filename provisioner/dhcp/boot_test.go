@@ -82,11 +82,13 @@ func TestBootAnswers(t *testing.T) {
 	}}
 	h := newHarness(t, authConfig(t), p)
 	type answer struct {
-		Siaddr, File, Opt66, Opt67, Opt60 string
+		Siaddr, File, Opt66, Opt67, Opt60, Opt43 string
 	}
 	get := func(r *dhcpv4.DHCPv4) answer {
-		return answer{r.ServerIPAddr.String(), r.BootFileName, r.TFTPServerName(), r.BootFileNameOption(), r.ClassIdentifier()}
+		return answer{r.ServerIPAddr.String(), r.BootFileName, r.TFTPServerName(), r.BootFileNameOption(), r.ClassIdentifier(),
+			string(r.Options.Get(dhcpv4.OptionVendorSpecificInformation))}
 	}
+	const pxeVendor = "\x06\x01\x08\xff"
 	for _, tc := range []struct {
 		name string
 		mac  string
@@ -94,17 +96,17 @@ func TestBootAnswers(t *testing.T) {
 		want answer
 	}{
 		{"pxe x64", "02:00:00:00:00:07", []dhcpv4.Modifier{withArch(7), withVendor("PXEClient:Arch:00007")},
-			answer{serverIP, "uefi/x64/palisade.efi", serverIP, "uefi/x64/palisade.efi", "PXEClient"}},
+			answer{serverIP, "uefi/x64/palisade.efi", serverIP, "uefi/x64/palisade.efi", "PXEClient", pxeVendor}},
 		{"http boot gets the URL", "02:00:00:00:00:10", []dhcpv4.Modifier{withArch(16), withVendor("HTTPClient:Arch:00016")},
-			answer{serverIP, "http://10.0.0.254:8080/palisade.efi", "", "http://10.0.0.254:8080/palisade.efi", "HTTPClient"}},
+			answer{serverIP, "http://10.0.0.254:8080/palisade.efi", "", "http://10.0.0.254:8080/palisade.efi", "HTTPClient", ""}},
 		{"pxe firmware gets the tftp file", "02:00:00:00:00:10", []dhcpv4.Modifier{withArch(7), withVendor("PXEClient:Arch:00007")},
-			answer{serverIP, "uefi/x64/ipxe.efi", serverIP, "uefi/x64/ipxe.efi", "PXEClient"}},
+			answer{serverIP, "uefi/x64/ipxe.efi", serverIP, "uefi/x64/ipxe.efi", "PXEClient", pxeVendor}},
 		{"ipxe chainloaded gets the URL", "02:00:00:00:00:10", []dhcpv4.Modifier{withArch(7), withVendor("PXEClient:Arch:00007"), withUserClass("iPXE")},
-			answer{serverIP, "http://10.0.0.254:8080/palisade.efi", "", "http://10.0.0.254:8080/palisade.efi", ""}},
+			answer{serverIP, "http://10.0.0.254:8080/palisade.efi", "", "http://10.0.0.254:8080/palisade.efi", "", ""}},
 		{"next-server from policy", "02:00:00:00:00:11", []dhcpv4.Modifier{withArch(11), withVendor("PXEClient:Arch:00011")},
-			answer{"10.0.0.77", "arm64.efi", "10.0.0.77", "arm64.efi", "PXEClient"}},
+			answer{"10.0.0.77", "arm64.efi", "10.0.0.77", "arm64.efi", "PXEClient", pxeVendor}},
 		{"unaccepted: address only", "02:00:00:00:00:99", []dhcpv4.Modifier{withArch(7), withVendor("PXEClient")},
-			answer{"0.0.0.0", "", "", "", ""}},
+			answer{"0.0.0.0", "", "", "", "", ""}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ack := h.dora(tc.mac, tc.mods...)

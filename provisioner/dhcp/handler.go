@@ -399,13 +399,12 @@ func (s *Server) addBoot(ctx context.Context, l *listener, m *dhcpv4.DHCPv4, r *
 		r.UpdateOption(dhcpv4.OptTFTPServerName(next.String()))
 		r.UpdateOption(dhcpv4.OptBootFileName(b.TFTPFile))
 		if c.PXE {
+			// PXE 2.1 §2.2.5 and §2.4.5.2: a PXE offer carries class
+			// "PXEClient" and vendor options; PXE_DISCOVERY_CONTROL
+			// (sub-option 6) bit 3 says the boot file in this offer is the
+			// answer, with no boot server discovery round.
 			r.UpdateOption(dhcpv4.OptClassIdentifier(vendorPXE))
-			if proxy {
-				// PXE 2.1 §2.4.5.2 (PXE_DISCOVERY_CONTROL, sub-option 6):
-				// bit 3 = the boot file in this offer is the answer, no
-				// boot server discovery round.
-				r.UpdateOption(dhcpv4.OptGeneric(dhcpv4.OptionVendorSpecificInformation, []byte{6, 1, 8, 255}))
-			}
+			r.UpdateOption(dhcpv4.OptGeneric(dhcpv4.OptionVendorSpecificInformation, []byte{6, 1, 8, 255}))
 		}
 	default:
 		return false
