@@ -18,6 +18,10 @@ import (
 // errLocked: keyd has no master secret yet.
 var errLocked = errors.New("keyd is locked: no master secret")
 
+// errShortCheckpoint: the log's checkpoint does not cover an entry keyd
+// just committed (a store that lost a write).
+var errShortCheckpoint = errors.New("admission log checkpoint is shorter than a committed entry")
+
 // peerInfo is what the aTLS handshake proved about a peer.
 type peerInfo struct {
 	remote   string
@@ -167,7 +171,7 @@ func (k *Keyd) admit(ctx context.Context, p peerInfo) (*api.AdmitResponse, error
 		}
 		resp.DiskKeys = append(resp.DiskKeys, api.DiskKey{UUID: u, Key: key})
 	}
-	if _, resp.Checkpoint, err = k.log.Checkpoint(ctx); err != nil {
+	if resp.Checkpoint, err = k.checkpoints.covering(ctx, k.log, rec.LogIndex+1); err != nil {
 		return nil, attest.Deny(attest.ClassInternal, fmt.Errorf("checkpoint after admission: %w", err))
 	}
 	return resp, nil

@@ -76,6 +76,9 @@ type harnessOpts struct {
 	keyd *platform
 	// nodes are platforms keyd admits nodes of besides SEV-SNP.
 	nodes []*platform
+	// meterAttest and meterVerify, if set, sum the CPU time of keyd's own
+	// attestation and of its verifications (benchmarks).
+	meterAttest, meterVerify *cpuMeter
 }
 
 var testChain = func() func(testing.TB) *snptest.Chain {
@@ -174,6 +177,14 @@ func newHarness(t testing.TB, o harnessOpts) *harness {
 		verifiers[p.name] = p.verifier
 		refs = append(refs, RoleReference{attest.RoleNode, p.reference(attest.RoleNode)})
 		h.nodePlats[p.name] = p
+	}
+	if o.meterAttest != nil {
+		keydAtt = meteredAttester{keydAtt, o.meterAttest}
+	}
+	if o.meterVerify != nil {
+		for p, v := range verifiers {
+			verifiers[p] = meteredVerifier{v, o.meterVerify}
+		}
 	}
 	h.k, err = New(context.Background(), cfg, Options{
 		Store: st, Log: l, References: testManifest(t, o.secVersion, refs...),

@@ -72,6 +72,8 @@ type Keyd struct {
 	peersMu    sync.Mutex
 	peersCache *api.PeerSet
 
+	checkpoints checkpoints
+
 	notifyMu sync.Mutex
 	notify   chan struct{} // closed and replaced when the peer set changes
 

@@ -42,6 +42,7 @@ func Run(ctx context.Context, cfg *Config, logger *slog.Logger) error {
 	if logger == nil {
 		logger = slog.New(slog.NewTextHandler(os.Stderr, nil))
 	}
+	tuneRuntime()
 	st, err := bbolt.Open(cfg.StatePath, bbolt.Options{})
 	if err != nil {
 		return fmt.Errorf("state %s: %w", cfg.StatePath, err)
