@@ -9,8 +9,14 @@ profile=${1:-production}
 tmp=$(mktemp -d /tmp/palisade-repro.XXXXXX)
 trap 'rm -rf "$tmp"' EXIT
 mkdir -p "$repo/out/image/cache"
+# Both clones at one commit, taken before either build starts (the commit
+# time is SOURCE_DATE_EPOCH, so a commit landing in between must not count).
+commit=$(git -C "$repo" rev-parse HEAD)
 for d in a/first b/second-clone; do
 	git clone -q "$repo" "$tmp/$d"
+	git -C "$tmp/$d" checkout -q "$commit"
+done
+for d in a/first b/second-clone; do
 	mkdir -p "$tmp/$d/out/image"
 	# share only the downloaded .deb (its sha256 is checked on use)
 	ln -s "$repo/out/image/cache" "$tmp/$d/out/image/cache"
@@ -23,4 +29,4 @@ if [ "$x" != "$y" ]; then
 	diff <(cat "$tmp/a/first/out/image/$profile/SHA256SUMS") <(cat "$tmp/b/second-clone/out/image/$profile/SHA256SUMS") >&2 || true
 	exit 1
 fi
-echo "PASS: reproducible UKI ($profile) sha256 ${x%% *}"
+echo "PASS: reproducible UKI ($profile) at $commit: sha256 ${x%% *}"
