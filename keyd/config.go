@@ -7,9 +7,11 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/url"
 	"os"
 	"regexp"
 	"runtime"
+	"strings"
 	"time"
 
 	"github.com/palisade-cc/palisade/internal/atls"
@@ -32,8 +34,11 @@ type Config struct {
 	Listen string `json:"listen"`
 	// MetricsListen serves /metrics over plain HTTP; empty: off.
 	MetricsListen string `json:"metrics_listen,omitempty"`
-	// StatePath is the bbolt file of keyd's state.
-	StatePath string `json:"state_path"`
+	// StatePath is the bbolt file of keyd's state (store kind bbolt).
+	StatePath string `json:"state_path,omitempty"`
+	// Store selects the state backend; the zero value is bbolt at
+	// StatePath.
+	Store StoreConfig `json:"store,omitempty"`
 	// ManifestPath is the reference values manifest (JSON, see Manifest).
 	ManifestPath string `json:"manifest_path"`
 	// SealKeyFile, if set, holds 32 bytes (raw or 64 hex digits) that
@@ -63,6 +68,65 @@ type AttesterConfig struct {
 	EventLogPath string `json:"event_log_path,omitempty"`
 	// CCELPath overrides the CC event log path (tdx only).
 	CCELPath string `json:"ccel_path,omitempty"`
+}
+
+// Store kinds.
+const (
+	StoreBbolt = "bbolt"
+	StoreEtcd  = "etcd"
+)
+
+// StoreConfig selects keyd's state backend: bbolt (one keyd, the file at
+// state_path) or etcd (several keyd replicas sharing one registry and one
+// admission log).
+type StoreConfig struct {
+	// Kind is "bbolt" (default) or "etcd".
+	Kind string `json:"kind,omitempty"`
+	// Endpoints are the etcd client URLs (etcd only).
+	Endpoints []string `json:"endpoints,omitempty"`
+	// Prefix is the etcd key prefix of this cluster's state (etcd only;
+	// default "/palisade/keyd/<cluster_id>"). Replicas of one cluster share
+	// it; two clusters must not.
+	Prefix string `json:"prefix,omitempty"`
+}
+
+// prefix is the configured etcd prefix or the cluster's default.
+func (s StoreConfig) prefix(cluster string) string {
+	if s.Prefix != "" {
+		return s.Prefix
+	}
+	return "/palisade/keyd/" + cluster
+}
+
+func (s StoreConfig) validate(statePath string) error {
+	switch s.Kind {
+	case "", StoreBbolt:
+		if statePath == "" {
+			return errors.New("config.state_path: empty, want a file path (store kind bbolt)")
+		}
+		if len(s.Endpoints) > 0 || s.Prefix != "" {
+			return errors.New("config.store: endpoints and prefix are for kind etcd only")
+		}
+	case StoreEtcd:
+		if statePath != "" {
+			return errors.New("config.state_path: set, but config.store.kind is etcd (state lives in etcd)")
+		}
+		if len(s.Endpoints) == 0 {
+			return errors.New("config.store.endpoints: empty, want etcd client URLs")
+		}
+		for i, e := range s.Endpoints {
+			u, err := url.Parse(e)
+			if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || (u.Path != "" && u.Path != "/") {
+				return fmt.Errorf("config.store.endpoints[%d] %q: want http(s)://host:port", i, e)
+			}
+		}
+		if s.Prefix != "" && (!strings.HasPrefix(s.Prefix, "/") || strings.HasSuffix(s.Prefix, "/") || len(s.Prefix) > 256) {
+			return fmt.Errorf("config.store.prefix %q: want /… without a trailing slash, at most 256 bytes", s.Prefix)
+		}
+	default:
+		return fmt.Errorf("config.store.kind %q: want %q or %q", s.Kind, StoreBbolt, StoreEtcd)
+	}
+	return nil
 }
 
 // RootsConfig pins the roots of each platform keyd verifies; a platform
@@ -167,7 +231,10 @@ func (c *Config) Validate() error {
 			return fmt.Errorf("config.join_from %q: want host:port: %w", c.JoinFrom, err)
 		}
 	}
-	for name, p := range map[string]string{"state_path": c.StatePath, "manifest_path": c.ManifestPath, "log_key_file": c.LogKeyFile} {
+	if err := c.Store.validate(c.StatePath); err != nil {
+		return err
+	}
+	for name, p := range map[string]string{"manifest_path": c.ManifestPath, "log_key_file": c.LogKeyFile} {
 		if p == "" {
 			return fmt.Errorf("config.%s: empty, want a file path", name)
 		}

@@ -70,8 +70,10 @@ type harnessOpts struct {
 	wrapLog    func(Log) Log
 	limits     Limits
 	statePath  string
-	logSeed    []byte
-	sealKey    []byte
+	// store, if set, is keyd's store instead of a new bbolt file.
+	store   store.Store
+	logSeed []byte
+	sealKey []byte
 	// keyd is keyd's own platform (nil: SEV-SNP from the harness chain).
 	keyd *platform
 	// nodes are platforms keyd admits nodes of besides SEV-SNP.
@@ -135,12 +137,16 @@ func newHarness(t testing.TB, o harnessOpts) *harness {
 	if o.statePath == "" {
 		o.statePath = filepath.Join(t.TempDir(), "state.db")
 	}
-	st, err := bbolt.Open(o.statePath, bbolt.Options{})
-	if err != nil {
-		t.Fatal(err)
+	st := o.store
+	if st == nil {
+		b, err := bbolt.Open(o.statePath, bbolt.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { b.Close() })
+		st = b
 	}
 	h.st = st
-	t.Cleanup(func() { st.Close() })
 	if o.logSeed == nil {
 		o.logSeed = make([]byte, ed25519.SeedSize)
 	}

@@ -29,8 +29,30 @@ import (
 	"github.com/palisade-cc/palisade/internal/attest/tpm"
 	"github.com/palisade-cc/palisade/keyd/api"
 	"github.com/palisade-cc/palisade/keyd/auditlog"
+	"github.com/palisade-cc/palisade/keyd/store"
 	"github.com/palisade-cc/palisade/keyd/store/bbolt"
+	"github.com/palisade-cc/palisade/keyd/store/etcd"
 )
+
+// openStore opens the configured state backend: bbolt at state_path, or
+// the etcd cluster at store.endpoints under store.prefix.
+func openStore(ctx context.Context, cfg *Config) (store.Store, error) {
+	switch cfg.Store.Kind {
+	case StoreEtcd:
+		st, err := etcd.Open(ctx, cfg.Store.Endpoints, cfg.Store.prefix(cfg.ClusterID), etcd.Options{})
+		if err != nil {
+			return nil, fmt.Errorf("config.store: etcd %v: %w", cfg.Store.Endpoints, err)
+		}
+		return st, nil
+	case "", StoreBbolt:
+		st, err := bbolt.Open(cfg.StatePath, bbolt.Options{})
+		if err != nil {
+			return nil, fmt.Errorf("config.state_path %s: %w", cfg.StatePath, err)
+		}
+		return st, nil
+	}
+	return nil, fmt.Errorf("config.store.kind %q: want %q or %q", cfg.Store.Kind, StoreBbolt, StoreEtcd)
+}
 
 // Run starts keyd from cfg with production dependencies (the platform's
 // attester, verifiers pinned to the configured roots, bbolt state) and
@@ -43,9 +65,9 @@ func Run(ctx context.Context, cfg *Config, logger *slog.Logger) error {
 		logger = slog.New(slog.NewTextHandler(os.Stderr, nil))
 	}
 	tuneRuntime()
-	st, err := bbolt.Open(cfg.StatePath, bbolt.Options{})
+	st, err := openStore(ctx, cfg)
 	if err != nil {
-		return fmt.Errorf("state %s: %w", cfg.StatePath, err)
+		return err
 	}
 	defer st.Close()
 	logKey, err := readOrCreateKey(cfg.LogKeyFile)
