@@ -199,7 +199,7 @@ func Build(ctx context.Context, o Options) (*Result, error) {
 		{Name: ".initrd", Path: filepath.Join(dir, "initrd.img")},
 		{Name: ".linux", Path: filepath.Join(dir, "vmlinuz")},
 	}
-	if err := uki.Build(ctx, "", o.Stub, secs, ukiPath); err != nil {
+	if err := uki.Build(ctx, "", o.Stub, secs, ukiPath, uint32(o.Epoch)); err != nil {
 		return nil, err
 	}
 	ub, err := os.ReadFile(ukiPath)

@@ -140,6 +140,9 @@ func cstring(b []byte) string {
 	return string(b)
 }
 
+// ChecksumOffset is the file offset of OptionalHeader.CheckSum.
+func (p *PE) ChecksumOffset() int { return p.checksumOff }
+
 // Section returns the named section or nil.
 func (p *PE) Section(name string) *Section {
 	for i := range p.Sections {

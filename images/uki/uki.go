@@ -6,6 +6,7 @@ package uki
 
 import (
 	"context"
+	"encoding/binary"
 	"fmt"
 	"os"
 	"os/exec"
@@ -45,7 +46,9 @@ func Layout(stubSizeOfImage uint64, sizes []uint64) []uint64 {
 }
 
 // Build writes the UKI to out. objcopy is taken from PATH unless given.
-func Build(ctx context.Context, objcopy, stub string, secs []Section, out string) error {
+// timestamp becomes the COFF TimeDateStamp: objcopy (binutils 2.40) writes
+// the current time there and ignores SOURCE_DATE_EPOCH.
+func Build(ctx context.Context, objcopy, stub string, secs []Section, out string, timestamp uint32) error {
 	if objcopy == "" {
 		objcopy = "objcopy"
 	}
@@ -86,6 +89,12 @@ func Build(ctx context.Context, objcopy, stub string, secs []Section, out string
 	if err != nil {
 		return err
 	}
+	if err := SetTimestamp(ub, timestamp); err != nil {
+		return err
+	}
+	if err := os.WriteFile(tmp, ub, 0o644); err != nil {
+		return err
+	}
 	p, err := measure.ParsePE(ub)
 	if err != nil {
 		return fmt.Errorf("uki: %w", err)
@@ -100,4 +109,36 @@ func Build(ctx context.Context, objcopy, stub string, secs []Section, out string
 		}
 	}
 	return os.Rename(tmp, filepath.Clean(out))
+}
+
+// SetTimestamp sets the COFF header's TimeDateStamp (PE/COFF §3.3) and
+// recomputes the optional header's CheckSum (the ImageHlp algorithm: 16-bit
+// one's-complement-style sum of the file with the CheckSum field as zero,
+// plus the file length).
+func SetTimestamp(b []byte, ts uint32) error {
+	p, err := measure.ParsePE(b)
+	if err != nil {
+		return err
+	}
+	lfanew := int(binary.LittleEndian.Uint32(b[0x3c:]))
+	binary.LittleEndian.PutUint32(b[lfanew+8:], ts)
+	off := p.ChecksumOffset()
+	binary.LittleEndian.PutUint32(b[off:], 0)
+	binary.LittleEndian.PutUint32(b[off:], Checksum(b))
+	return nil
+}
+
+// Checksum is the PE image checksum of b (whose CheckSum field must be 0).
+func Checksum(b []byte) uint32 {
+	var sum uint64
+	for i := 0; i+1 < len(b); i += 2 {
+		sum += uint64(binary.LittleEndian.Uint16(b[i:]))
+		sum = (sum & 0xffff) + (sum >> 16)
+	}
+	if len(b)%2 == 1 {
+		sum += uint64(b[len(b)-1])
+		sum = (sum & 0xffff) + (sum >> 16)
+	}
+	sum = (sum & 0xffff) + (sum >> 16)
+	return uint32(sum) + uint32(len(b))
 }

@@ -3,12 +3,14 @@ package uki
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"encoding/hex"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/palisade-cc/palisade/images/measure"
@@ -49,7 +51,7 @@ func TestPCR11MatchesSystemdMeasure(t *testing.T) {
 		secs = append(secs, Section{name, p})
 	}
 	out := filepath.Join(dir, "uki.efi")
-	if err := Build(context.Background(), "", DefaultStub, secs, out); err != nil {
+	if err := Build(context.Background(), "", DefaultStub, secs, out, 1700000000); err != nil {
 		t.Fatal(err)
 	}
 	b, err := os.ReadFile(out)
@@ -75,13 +77,39 @@ func TestPCR11MatchesSystemdMeasure(t *testing.T) {
 	if d := cmp.Diff(want, hex.EncodeToString(measure.PCR11(p))); d != "" {
 		t.Errorf("PCR11 (-systemd-measure +palisade):\n%s", d)
 	}
-	// Two builds from the same inputs are identical.
+	// Two builds from the same inputs, a second apart, are identical
+	// (objcopy writes the current time; Build overwrites it).
+	time.Sleep(1100 * time.Millisecond)
 	out2 := filepath.Join(dir, "uki2.efi")
-	if err := Build(context.Background(), "", DefaultStub, secs, out2); err != nil {
+	if err := Build(context.Background(), "", DefaultStub, secs, out2, 1700000000); err != nil {
 		t.Fatal(err)
 	}
 	b2, _ := os.ReadFile(out2)
 	if !bytes.Equal(b, b2) {
 		t.Error("objcopy output differs between two runs")
+	}
+}
+
+// TestChecksum checks Checksum against objcopy's own PE checksum of the stub
+// copy it writes.
+func TestChecksum(t *testing.T) {
+	dir := t.TempDir()
+	out := filepath.Join(dir, "copy.efi")
+	if b, err := exec.Command("objcopy", DefaultStub, out).CombinedOutput(); err != nil {
+		t.Fatalf("objcopy: %v\n%s", err, b)
+	}
+	b, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := measure.ParsePE(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	off := p.ChecksumOffset()
+	want := binary.LittleEndian.Uint32(b[off:])
+	binary.LittleEndian.PutUint32(b[off:], 0)
+	if got := Checksum(b); got != want {
+		t.Errorf("Checksum = %#x, objcopy wrote %#x", got, want)
 	}
 }
