@@ -43,7 +43,15 @@ func (f *fakeConn) WriteToUDPAddrPort(b []byte, a netip.AddrPort) (int, error) {
 }
 
 func (f *fakeConn) LocalAddr() net.Addr { return f.local }
-func (f *fakeConn) Close() error        { f.once.Do(func() { close(f.closed) }); return nil }
+
+// SetReadDeadline with a past time wakes readers, as on a socket.
+func (f *fakeConn) SetReadDeadline(t time.Time) error {
+	if !t.After(time.Now()) {
+		f.Close()
+	}
+	return nil
+}
+func (f *fakeConn) Close() error { f.once.Do(func() { close(f.closed) }); return nil }
 
 // harness drives the handler directly: no sockets, a real lease file, a
 // clock the test moves.
@@ -100,25 +108,24 @@ func newHarness(t testing.TB, cfg Config, policy Policy) *harness {
 	}
 	h.pxe = &listener{conn: newFakeConn("0.0.0.0:4011"), iface: "test0", pxe: true, serverIP: sid}
 	s.ls = []*listener{h.relay, h.local, h.pxe}
-	// Mark Serve as run and start the committer, as Serve would.
-	s.serving.Do(func() {})
-	if s.store != nil {
-		go s.store.run()
-	}
+	// Start the committer and pacer, as Serve would.
+	s.serving.Do(s.startWorkers)
 	h.s = s
 	t.Cleanup(func() { s.Close() })
 	return h
 }
 
 // barrier waits until every write queued so far committed and its ACK (if
-// any) was sent.
+// any) left the pacer.
 func (h *harness) barrier() {
 	h.t.Helper()
 	if h.s.store == nil {
 		return
 	}
 	done := make(chan struct{})
-	h.s.store.in <- write{key: []byte("barrier!"), done: func(error) { close(done) }}
+	h.s.store.in <- write{key: []byte("barrier!"), done: func(error, time.Time, time.Time) {
+		h.s.pace.in <- paced{fn: func() { close(done) }}
+	}}
 	select {
 	case <-done:
 	case <-time.After(5 * time.Second):

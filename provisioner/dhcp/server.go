@@ -29,6 +29,7 @@ type Server struct {
 	met      *metrics
 	table    *table // nil in proxy mode
 	store    *store // nil in proxy mode
+	pace     *pacer // nil in proxy mode
 	ls       []*listener
 	serving  sync.Once
 	closed   sync.Once
@@ -59,6 +60,7 @@ type listener struct {
 // production, a recorder in tests).
 type packetConn interface {
 	ReadFromUDPAddrPort(b []byte) (int, netip.AddrPort, error)
+	SetReadDeadline(t time.Time) error
 	WriteToUDPAddrPort(b []byte, addr netip.AddrPort) (int, error)
 	LocalAddr() net.Addr
 	Close() error
@@ -186,6 +188,7 @@ func (s *Server) openLeases() error {
 		return err
 	}
 	s.store.observe = s.met.observeCommit
+	s.pace = newPacer(4 * s.cfg.maxBatch)
 	now := s.Now().UnixNano()
 	var expired [][]byte
 	bad, err := s.store.load(func(l *lease) {
@@ -273,15 +276,15 @@ func (s *Server) Addrs() []net.Addr {
 // lease file (after the last queued commit finished) and returns.
 func (s *Server) Serve(ctx context.Context) error {
 	started := false
-	s.serving.Do(func() { started = true })
+	s.serving.Do(func() {
+		started = true
+		s.startWorkers()
+	})
 	if !started {
 		return errors.New("dhcp: Serve called twice")
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	if s.store != nil {
-		go s.store.run()
-	}
 	var wg sync.WaitGroup
 	errc := make(chan error, len(s.ls))
 	for _, l := range s.ls {
@@ -302,8 +305,10 @@ func (s *Server) Serve(ctx context.Context) error {
 		}()
 	}
 	<-ctx.Done()
+	// Readers are woken by a past deadline, not by closing the sockets:
+	// Close still sends the ACKs of leases that are committing now.
 	for _, l := range s.ls {
-		l.conn.Close()
+		l.conn.SetReadDeadline(time.Unix(1, 0))
 	}
 	wg.Wait()
 	err := s.Close()
@@ -315,22 +320,27 @@ func (s *Server) Serve(ctx context.Context) error {
 	return err
 }
 
-// Close releases sockets and the lease file. Serve calls it on return; call
-// it directly only when Serve never ran.
+// startWorkers starts the committer and the ACK pacer.
+func (s *Server) startWorkers() {
+	if s.store != nil {
+		go s.store.run()
+		go s.pace.run()
+	}
+}
+
+// Close finishes queued commits, sends their ACKs, and releases the sockets
+// and the lease file. Serve calls it on return; call it directly only when
+// Serve never ran.
 func (s *Server) Close() error {
 	s.closed.Do(func() {
+		// Workers that never started are started so that draining ends.
+		s.serving.Do(s.startWorkers)
+		if s.store != nil {
+			s.closeErr = s.store.close()
+			s.pace.close()
+		}
 		for _, l := range s.ls {
 			l.conn.Close()
-		}
-		if s.store != nil {
-			// A never-started committer still has to drain: start it so
-			// close does not wait forever.
-			started := false
-			s.serving.Do(func() { started = true })
-			if started {
-				go s.store.run()
-			}
-			s.closeErr = s.store.close()
 		}
 	})
 	return s.closeErr
