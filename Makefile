@@ -22,7 +22,7 @@ deps:
 
 build: deps
 	$(GO) build ./...
-	@mkdir -p bin && for m in $$($(GO) list -f '{{if eq .Name "main"}}{{.ImportPath}}{{end}}' ./... | grep -v /tools/); do \
+	@mkdir -p bin && for m in $$($(GO) list -f '{{if eq .Name "main"}}{{.ImportPath}}{{end}}' ./... | grep -v -e /tools/ -e /bench/); do \
 		$(GO) build -trimpath -o bin/ $$m || exit 1; done
 
 test: deps
