@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -117,6 +118,13 @@ func TestBootAnswers(t *testing.T) {
 				t.Error("authoritative ACK without an address")
 			}
 		})
+	}
+	// A name too long for the file field goes in option 67 only.
+	long := "http://10.0.0.254:8080/" + strings.Repeat("x", 120) + ".efi"
+	p.boots["02:00:00:00:00:12"] = Boot{HTTPURL: long}
+	ack := h.dora("02:00:00:00:00:12", withArch(16), withVendor("HTTPClient"))
+	if ack.BootFileName != "" || ack.BootFileNameOption() != long {
+		t.Errorf("long URL: file field %q, option 67 %q", ack.BootFileName, ack.BootFileNameOption())
 	}
 	// A failing policy costs the boot answer, not the address.
 	p.fail = errors.New("inventory down")

@@ -391,7 +391,7 @@ func (s *Server) addBoot(ctx context.Context, l *listener, m *dhcpv4.DHCPv4, r *
 	switch {
 	case b.HTTPURL != "" && (c.HTTPBoot || ipxe):
 		r.ServerIPAddr = next
-		r.BootFileName = b.HTTPURL
+		r.BootFileName = fileField(b.HTTPURL)
 		r.UpdateOption(dhcpv4.OptBootFileName(b.HTTPURL))
 		if c.HTTPBoot {
 			// UEFI HTTP boot only takes offers that echo the class.
@@ -399,7 +399,7 @@ func (s *Server) addBoot(ctx context.Context, l *listener, m *dhcpv4.DHCPv4, r *
 		}
 	case b.TFTPFile != "":
 		r.ServerIPAddr = next
-		r.BootFileName = b.TFTPFile
+		r.BootFileName = fileField(b.TFTPFile)
 		r.UpdateOption(dhcpv4.OptTFTPServerName(next.String()))
 		r.UpdateOption(dhcpv4.OptBootFileName(b.TFTPFile))
 		if c.PXE {
@@ -420,6 +420,16 @@ func (s *Server) addBoot(ctx context.Context, l *listener, m *dhcpv4.DHCPv4, r *
 		}
 	}
 	return true
+}
+
+// fileField is what goes into the 128-byte file field: the name when it
+// fits (with its NUL), else nothing, since a cut name would be loaded as is;
+// option 67 always carries the whole name (RFC 2132 §9.5).
+func fileField(name string) string {
+	if len(name) > 127 {
+		return ""
+	}
+	return name
 }
 
 // destination applies RFC 2131 §4.1: to the relay (giaddr, server port); to
