@@ -16,6 +16,7 @@ help:
 	@echo "make fuzz        every fuzz target for FUZZTIME (default 60s)"
 	@echo "make bench       benchmarks, printing RATIO lines"
 	@echo "make build       build every command into bin/"
+	@echo "make image       build the reproducible UKI and its manifest (PROFILE=production|debug)"
 
 deps:
 	@scripts/deps.sh unit
@@ -44,7 +45,8 @@ bench: deps
 	bench/core.sh
 
 image:
-	@scripts/not-yet.sh image
+	@scripts/deps.sh image
+	@scripts/image.sh $(or $(PROFILE),production)
 
 demo: deps
 	@scripts/demo.sh
