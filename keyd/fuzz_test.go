@@ -40,6 +40,10 @@ func FuzzParseConfig(f *testing.F) {
 	f.Add(good)
 	f.Add([]byte(`{"version":1,"limits":{"handshake_timeout":"-1s"}}`))
 	f.Add([]byte(`{"version":1,"roots":{"sev_snp":{"Rome":{}}}}`))
+	etcdCfg := testConfig()
+	etcdCfg.StatePath, etcdCfg.Store = "", StoreConfig{Kind: StoreEtcd, Endpoints: []string{"http://127.0.0.1:2379"}, Prefix: "/p"}
+	withEtcd, _ := json.Marshal(etcdCfg)
+	f.Add(withEtcd)
 	f.Fuzz(func(t *testing.T, b []byte) {
 		c, err := ParseConfig(b)
 		if err == nil && c.Validate() != nil {
