@@ -7,7 +7,9 @@ cd "$(dirname "$0")/.."
 
 # unit: the go-tpm-tools TPM simulator is cgo + OpenSSL; the provisioner UI test
 # drives chromium; keyd's etcd store is tested against a real etcd (3.4).
-pkgs=(gcc libssl-dev chromium etcd-server iproute2 strace) # strace: the HTTP boot sendfile test
+# strace: the HTTP boot sendfile test; systemd-boot-efi, systemd (systemd-measure),
+# binutils (objcopy), cpio: the UKI layout and PCR11 cross-check tests.
+pkgs=(gcc libssl-dev chromium etcd-server iproute2 strace systemd-boot-efi systemd binutils cpio)
 for tier in "$@"; do
 	case "$tier" in
 	unit) ;;
