@@ -4,7 +4,7 @@ GO ?= go
 FUZZTIME ?= 60s
 export CGO_ENABLED := 1
 
-.PHONY: all build test test-unit test-fuzz test-vm bench fuzz image demo deps clean help
+.PHONY: all build test test-unit test-fuzz test-vm bench bench-keyd bench-provisioner fuzz image demo deps clean help
 
 all: build
 
@@ -14,7 +14,9 @@ help:
 	@echo "make test-unit   unit and integration tests only"
 	@echo "make test-vm     VM tier (QEMU under TCG)"
 	@echo "make fuzz        every fuzz target for FUZZTIME (default 60s)"
-	@echo "make bench       benchmarks, printing RATIO lines"
+	@echo "make bench       attestation verify/s vs the crypto floor, as RATIO lines"
+	@echo "make bench-keyd  keyd admissions/s vs the floor, join storms"
+	@echo "make bench-provisioner  DHCP/TFTP/HTTP against kea, dnsmasq, tftpd-hpa, atftpd, nginx"
 	@echo "make build       build every command into bin/"
 	@echo "make image       build the reproducible UKI and its manifest (PROFILE=production|debug)"
 
@@ -43,6 +45,16 @@ fuzz: deps
 
 bench: deps
 	bench/core.sh
+
+bench-keyd: deps
+	bench/keyd.sh
+
+# DHCP vs kea and dnsmasq, TFTP vs tftpd-hpa and atftpd, HTTP vs nginx.
+bench-provisioner: deps
+	@scripts/deps.sh bench
+	bench/dhcp.sh
+	bench/tftp.sh
+	bench/http.sh
 
 image:
 	@scripts/deps.sh image
