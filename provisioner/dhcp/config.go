@@ -7,6 +7,8 @@ import (
 	"net"
 	"net/netip"
 	"time"
+
+	"github.com/insomniacslk/dhcp/dhcpv4"
 )
 
 // Modes of operation.
@@ -114,6 +116,37 @@ type subnet struct {
 	// reserved maps a MAC (string of its bytes) to its address, and back.
 	reservedByMAC map[string]uint32
 	reservedByIP  map[uint32]string
+	// netOpts (mask, router, DNS, domain) and leaseOpts (RFC 2131 §4.4.5
+	// lease time, T1 = 1/2, T2 = 7/8) are encoded once.
+	netOpts, leaseOpts []dhcpv4.Option
+}
+
+// rawOpt is an option value already in wire form.
+type rawOpt []byte
+
+func (r rawOpt) ToBytes() []byte { return r }
+func (r rawOpt) String() string  { return fmt.Sprintf("%x", []byte(r)) }
+
+func frozen(o dhcpv4.Option) dhcpv4.Option {
+	return dhcpv4.Option{Code: o.Code, Value: rawOpt(o.Value.ToBytes())}
+}
+
+func (s *subnet) encodeOptions() {
+	s.netOpts = []dhcpv4.Option{frozen(dhcpv4.OptSubnetMask(s.mask))}
+	if s.router != nil {
+		s.netOpts = append(s.netOpts, frozen(dhcpv4.OptRouter(s.router)))
+	}
+	if len(s.dns) > 0 {
+		s.netOpts = append(s.netOpts, frozen(dhcpv4.OptDNS(s.dns...)))
+	}
+	if s.domain != "" {
+		s.netOpts = append(s.netOpts, frozen(dhcpv4.OptDomainName(s.domain)))
+	}
+	s.leaseOpts = []dhcpv4.Option{
+		frozen(dhcpv4.OptIPAddressLeaseTime(s.leaseTime)),
+		frozen(dhcpv4.OptRenewTimeValue(s.leaseTime / 2)),
+		frozen(dhcpv4.OptRebindingTimeValue(s.leaseTime * 7 / 8)),
+	}
 }
 
 func (s *subnet) contains(ip uint32) bool {
@@ -322,6 +355,7 @@ func compile(c Config) (*compiled, error) {
 			s.reservedByMAC[string(mac)] = ip
 			s.reservedByIP[ip] = string(mac)
 		}
+		s.encodeOptions()
 		out.subnets = append(out.subnets, s)
 	}
 	return out, nil

@@ -80,7 +80,7 @@ func (s *Server) bad(ctx context.Context, l *listener, peer netip.AddrPort, reas
 }
 
 func (s *Server) count(m *dhcpv4.DHCPv4, result string) {
-	s.met.packets.WithLabelValues(strings.ToLower(m.MessageType().String()), result).Inc()
+	s.met.packet(m.MessageType(), result)
 }
 
 // handle serves one datagram: it answers, queues a commit whose completion
@@ -347,20 +347,14 @@ func (s *Server) newReply(l *listener, m *dhcpv4.DHCPv4, typ dhcpv4.MessageType)
 // addNetwork adds the subnet's configuration; withLease adds the lease time
 // and the renewal (T1 = 1/2) and rebinding (T2 = 7/8) times of RFC 2131 §4.4.5.
 func (s *Server) addNetwork(r *dhcpv4.DHCPv4, sn *subnet, withLease bool) {
-	r.UpdateOption(dhcpv4.OptSubnetMask(sn.mask))
-	if sn.router != nil {
-		r.UpdateOption(dhcpv4.OptRouter(sn.router))
-	}
-	if len(sn.dns) > 0 {
-		r.UpdateOption(dhcpv4.OptDNS(sn.dns...))
-	}
-	if sn.domain != "" {
-		r.UpdateOption(dhcpv4.OptDomainName(sn.domain))
+	// The encoded options are shared, read-only, by every reply.
+	for _, o := range sn.netOpts {
+		r.Options[o.Code.Code()] = o.Value.ToBytes()
 	}
 	if withLease {
-		r.UpdateOption(dhcpv4.OptIPAddressLeaseTime(sn.leaseTime))
-		r.UpdateOption(dhcpv4.OptRenewTimeValue(sn.leaseTime / 2))
-		r.UpdateOption(dhcpv4.OptRebindingTimeValue(sn.leaseTime * 7 / 8))
+		for _, o := range sn.leaseOpts {
+			r.Options[o.Code.Code()] = o.Value.ToBytes()
+		}
 	}
 }
 

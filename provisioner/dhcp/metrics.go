@@ -1,8 +1,10 @@
 package dhcp
 
 import (
+	"strings"
 	"time"
 
+	"github.com/insomniacslk/dhcp/dhcpv4"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -30,15 +32,25 @@ const (
 )
 
 type metrics struct {
-	packets      *prometheus.CounterVec
+	packets *prometheus.CounterVec
+	// hot caches the packets counters of the five served message types,
+	// so the packet path does no label hashing.
+	hot          map[hotKey]prometheus.Counter
 	bad          *prometheus.CounterVec
 	batchSize    prometheus.Histogram
 	commitTime   prometheus.Histogram
 	commitErrors prometheus.Counter
 }
 
+type hotKey struct {
+	typ    dhcpv4.MessageType
+	result string
+}
+
+var allResults = []string{resultAnswered, resultNAK, resultDone, resultIgnored, resultDropped}
+
 func newMetrics() *metrics {
-	return &metrics{
+	m := &metrics{
 		packets: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "provisioner_dhcp_packets_total",
 			Help: "DHCP requests received, by message type and result.",
@@ -62,6 +74,23 @@ func newMetrics() *metrics {
 			Help: "Lease batches whose commit failed (their ACKs were not sent).",
 		}),
 	}
+	m.hot = map[hotKey]prometheus.Counter{}
+	for _, t := range []dhcpv4.MessageType{dhcpv4.MessageTypeDiscover, dhcpv4.MessageTypeRequest,
+		dhcpv4.MessageTypeDecline, dhcpv4.MessageTypeRelease, dhcpv4.MessageTypeInform} {
+		for _, r := range allResults {
+			m.hot[hotKey{t, r}] = m.packets.WithLabelValues(strings.ToLower(t.String()), r)
+		}
+	}
+	return m
+}
+
+// packet counts one request of type t with result.
+func (m *metrics) packet(t dhcpv4.MessageType, result string) {
+	if c, ok := m.hot[hotKey{t, result}]; ok {
+		c.Inc()
+		return
+	}
+	m.packets.WithLabelValues(strings.ToLower(t.String()), result).Inc()
 }
 
 // register adds the collectors to reg (nil: none).
