@@ -325,3 +325,26 @@ func TestConfigValidate(t *testing.T) {
 		})
 	}
 }
+
+// The ephemeral certificate is reused within its lifetime and renewed after
+// it, and a clock that went backwards gets a new one too.
+func TestCertCache(t *testing.T) {
+	var c certCache
+	now := time.Now()
+	a, err := c.get(now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := c.get(now.Add(certLifetime - time.Second))
+	if !bytes.Equal(a.Certificate[0], b.Certificate[0]) {
+		t.Error("certificate renewed within its lifetime")
+	}
+	d, _ := c.get(now.Add(certLifetime))
+	if bytes.Equal(a.Certificate[0], d.Certificate[0]) {
+		t.Error("certificate reused after its lifetime")
+	}
+	e, _ := c.get(now.Add(-time.Hour))
+	if bytes.Equal(d.Certificate[0], e.Certificate[0]) {
+		t.Error("certificate reused for a clock before it was made")
+	}
+}

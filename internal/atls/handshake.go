@@ -86,7 +86,7 @@ func (s *session) run(ctx context.Context, conn net.Conn) (_ *Conn, err error) {
 		}
 	}()
 
-	cert, err := newCertificate(s.cfg.now())
+	cert, err := certs.get(s.cfg.now())
 	if err != nil {
 		return nil, attest.Deny(attest.ClassInternal, err)
 	}

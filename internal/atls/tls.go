@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"math/big"
+	"sync"
 	"time"
 )
 
@@ -18,8 +19,40 @@ import (
 // mistakes another TLS protocol's peer for one of its own (or vice versa).
 const alpn = "palisade-atls/1"
 
-// newCertificate makes the ephemeral, self-signed certificate of one
-// connection. Nobody trusts it: it only gives TLS 1.3 a key to prove
+// certLifetime is how long the process reuses one ephemeral certificate.
+const certLifetime = 10 * time.Minute
+
+// certs is the process's ephemeral certificate. Reusing it across
+// connections is as sound as one per connection: the certificate
+// authenticates nothing, and evidence binds each session's exporter, which
+// derives from that session's own ECDHE secret and transcript (RFC 8446
+// §7.1, §7.5), not from the certificate key. It saves a P-256 key generation
+// and a signature per connection, a fifth of keyd's own CPU per admission.
+var certs certCache
+
+type certCache struct {
+	mu   sync.Mutex
+	cert tls.Certificate
+	made time.Time
+}
+
+// get returns the cached certificate if it was made less than certLifetime
+// before now (by the caller's clock), else a new one.
+func (c *certCache) get(now time.Time) (tls.Certificate, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.cert.Certificate != nil && !now.Before(c.made) && now.Sub(c.made) < certLifetime {
+		return c.cert, nil
+	}
+	cert, err := newCertificate(now)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	c.cert, c.made = cert, now
+	return cert, nil
+}
+
+// newCertificate makes an ephemeral, self-signed certificate. Nobody trusts it: it only gives TLS 1.3 a key to prove
 // possession of; the attestation bound to the exporter authenticates.
 func newCertificate(now time.Time) (tls.Certificate, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
