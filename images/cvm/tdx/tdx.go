@@ -251,6 +251,9 @@ func authenticode(h hash.Hash, b []byte, p *measure.PE) ([]byte, error) {
 	h.Write(b[:cs])
 	n := binary.LittleEndian.Uint32(b[dirs-4:]) // NumberOfRvaAndSizes
 	certDir := dirs + 4*8
+	if n > 4 && certDir+8 > int(p.SizeOfHeaders) {
+		return nil, fmt.Errorf("authenticode: certificate directory at %d past the headers (%d bytes)", certDir, p.SizeOfHeaders)
+	}
 	if n <= 4 {
 		h.Write(b[cs+4 : p.SizeOfHeaders])
 	} else {
