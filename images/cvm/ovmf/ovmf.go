@@ -353,6 +353,15 @@ func (s TDXSection) check(imageLen int) error {
 	if s.Attributes&^(TDXExtendMR|TDXPageAug) != 0 {
 		return fmt.Errorf("type %d: unknown attributes %#x", s.Type, s.Attributes)
 	}
+	if s.Attributes == TDXExtendMR|TDXPageAug {
+		return fmt.Errorf("type %d: EXTENDMR with PAGE_AUG: a page added after launch cannot be in MRTD", s.Type)
+	}
+	// A measured section's memory is its data: QEMU and td-shim's tools
+	// read MemoryDataSize bytes from the image, so any difference between
+	// the sizes would be read differently by different VMMs.
+	if s.Attributes&TDXExtendMR != 0 && uint64(s.RawDataSize) != s.MemoryDataSize {
+		return fmt.Errorf("type %d: EXTENDMR with raw data %#x bytes but memory %#x: a measured section must be all data", s.Type, s.RawDataSize, s.MemoryDataSize)
+	}
 	if s.MemoryDataSize == 0 || s.MemoryAddress%PageSize != 0 || s.MemoryDataSize%PageSize != 0 {
 		return fmt.Errorf("type %d: memory %#x size %#x, want whole pages", s.Type, s.MemoryAddress, s.MemoryDataSize)
 	}

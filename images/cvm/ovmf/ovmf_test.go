@@ -116,10 +116,12 @@ func TestMalformed(t *testing.T) {
 		{"tdx unknown type", func(b []byte) []byte { u32(b, tdxDesc+16+24, 7); return b }, tdxMeta, "unknown type 7"},
 		{"tdx unknown attribute", func(b []byte) []byte { u32(b, tdxDesc+16+28, 4|1); return b }, tdxMeta, "unknown attributes"},
 		{"tdx raw past image", func(b []byte) []byte { u32(b, tdxDesc+16, 0xf000); return b }, tdxMeta, "beyond the image"},
-		{"tdx raw larger than memory", func(b []byte) []byte { u64(b, tdxDesc+16+16, 0x1000); return b }, tdxMeta, "larger than its memory"},
+		{"tdx raw larger than memory", func(b []byte) []byte { u64(b, tdxDesc+16+32+16, 0x1000); return b }, tdxMeta, "larger than its memory"},
+		{"tdx measured not all data", func(b []byte) []byte { u64(b, tdxDesc+16+16, 0x9000); return b }, tdxMeta, "must be all data"},
+		{"tdx extendmr with page_aug", func(b []byte) []byte { u32(b, tdxDesc+16+28, 3); return b }, tdxMeta, "EXTENDMR with PAGE_AUG"},
 		{"tdx unaligned memory", func(b []byte) []byte { u64(b, tdxDesc+16+8, 0x1234); return b }, tdxMeta, "whole pages"},
 		{"tdx hob with data", func(b []byte) []byte { u32(b, tdxDesc+16+64+4, 0x10); return b }, tdxMeta, "want none"},
-		{"tdx extendmr on temp mem", func(b []byte) []byte { u32(b, tdxDesc+16+96+28, 1); return b }, tdxMeta, "EXTENDMR on a section without data"},
+		{"tdx extendmr on temp mem", func(b []byte) []byte { u32(b, tdxDesc+16+96+28, 1); return b }, tdxMeta, "EXTENDMR"},
 		{"tdx no bfv", func(b []byte) []byte { u32(b, tdxDesc+16+24, ovmf.TDXCFV); return b }, tdxMeta, "no BFV"},
 		{"tdx offset past image", func(b []byte) []byte {
 			i := bytes.LastIndex(b, ovmf.TDXMetadataOffsetGUID[:])

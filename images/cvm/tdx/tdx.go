@@ -59,15 +59,10 @@ func MRTDOrder(firmware []byte, order Order) ([]byte, error) {
 			// Accepted by the guest later (TDH.MEM.PAGE.AUG), not measured.
 			continue
 		}
-		// The section's memory: its raw data, zeros after (QEMU's
-		// tdvf_init_mem_region copies RawDataSize bytes into MemoryDataSize).
+		// A measured section is all data (ovmf checks RawDataSize ==
+		// MemoryDataSize for EXTENDMR).
 		mem := func(off uint64) []byte {
-			page := make([]byte, ovmf.PageSize)
-			if off < uint64(s.RawDataSize) {
-				end := min(uint64(s.RawDataSize), off+ovmf.PageSize)
-				copy(page, data[uint64(s.DataOffset)+off:uint64(s.DataOffset)+end])
-			}
-			return page
+			return data[uint64(s.DataOffset)+off : uint64(s.DataOffset)+off+ovmf.PageSize]
 		}
 		extend := s.Attributes&ovmf.TDXExtendMR != 0
 		switch order {

@@ -70,6 +70,10 @@ func Image(sev *SEV, tdx []ovmf.TDXSection) []byte {
 		entries = append(entries, append(e, g[:]...))
 	}
 	if tdx != nil {
+		// edk2 puts the TDX metadata GUID just before the descriptor
+		// (IntelTdxMetadata.asm); td-shim's tools require it.
+		g, _ := ovmf.ParseGUID("e9eaf9f3-168e-44d5-a8eb-7f4d8738f6ae")
+		copy(b[tdxAt-16:], g[:])
 		d := b[tdxAt:]
 		copy(d, "TDVF")
 		binary.LittleEndian.PutUint32(d[4:], uint32(16+32*len(tdx)))
