@@ -38,6 +38,11 @@ const vmsaGPA = 0xFFFFFFFFF000
 // xAPIC IDs; QEMU's limit is higher but one VMSA is measured per vCPU).
 const MaxVCPUs = 512
 
+// MaxSectionPages bounds the pages the SEV metadata may declare (64 MiB;
+// AmdSev 2022.11 declares 0x1f pages), so a hostile image cannot make the
+// computation hash gigabytes of zero pages.
+const MaxSectionPages = 16384
+
 // Boot is what QEMU hands the firmware for measured direct boot.
 type Boot struct {
 	Kernel, Initrd []byte
@@ -226,6 +231,14 @@ func Chain(in Input) (*Digest, error) {
 		if err := hashPageCovered(sections, hashGPA); err != nil {
 			return nil, fmt.Errorf("snp: %w", err)
 		}
+	}
+
+	pages := 0
+	for _, s := range sections {
+		pages += int(s.Size / ovmf.PageSize)
+	}
+	if pages > MaxSectionPages {
+		return nil, fmt.Errorf("snp: sev metadata sections span %d pages, more than the %d an SNP firmware declares (not an AmdSev build?)", pages, MaxSectionPages)
 	}
 
 	var d Digest

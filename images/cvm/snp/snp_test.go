@@ -208,6 +208,8 @@ func TestRejects(t *testing.T) {
 	outside.HashBase = 0x900000
 	inSecrets := fwtest.DefaultSEV()
 	inSecrets.HashBase = 0x80e000
+	huge := fwtest.DefaultSEV()
+	huge.Sections[4].Size = 0x10000000
 	small := fwtest.DefaultSEV()
 	small.HashSize = 0x80
 	tests := map[string]struct {
@@ -221,6 +223,7 @@ func TestRejects(t *testing.T) {
 		"no hashes table":   {func(in *snp.Input) { in.Firmware = fwtest.Image(&noHashes, nil) }, "reserves no room"},
 		"hashes unmeasured": {func(in *snp.Input) { in.Firmware = fwtest.Image(&outside, nil) }, "lies in 0 sev metadata sections"},
 		"hashes in secrets": {func(in *snp.Input) { in.Firmware = fwtest.Image(&inSecrets, nil) }, "section of type 0x2"},
+		"too many pages":    {func(in *snp.Input) { in.Firmware = fwtest.Image(&huge, nil) }, "more than the 16384"},
 		"hashes too small":  {func(in *snp.Input) { in.Firmware = fwtest.Image(&small, nil) }, "the table needs 176"},
 	}
 	for name, tt := range tests {

@@ -26,6 +26,8 @@ var crossChecked = []struct {
 }{
 	// fwtest.Image(nil, DefaultTDX()): synthetic, always available.
 	{"synthetic", "ae91fce22b56c59c84d4991ed4e11c04a0f9477a08f5864e7319a8a3cc7a2b1c", "c79a593bc1aed46af62942a2b45425b343ef16020fd1170b3b592a605f1aaf203b847eb2360caf436274559f01e16b85"},
+	// OVMF IntelTdxX64 built by scripts/firmware.sh from Debian edk2 2022.11-6+deb12u2.
+	{"inteltdx", "ac021a04ec40122c54a0d7d3e1215434a7ad8c85346597dad6a96c998f2a05c1", "01bd1bd87837bb2a38b200daf8d34af1bb1dd7f68b682bbb9effd4ae0a16f4757df4d9d6effa1c69b89686dddb049b8c"},
 }
 
 func hexSum(b []byte) string { s := sha256.Sum256(b); return hex.EncodeToString(s[:]) }
