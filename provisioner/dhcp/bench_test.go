@@ -5,7 +5,6 @@ import (
 	"net/netip"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/insomniacslk/dhcp/dhcpv4"
 )
@@ -85,9 +84,7 @@ func BenchmarkDORA(b *testing.B) {
 			r.GatewayIPAddr = net.ParseIP(relayIP).To4()
 			done := make(chan struct{})
 			h.s.handle(b.Context(), h.relay, r.ToBytes(), peer)
-			h.s.store.in <- write{key: []byte("barrier!"), done: func(error, time.Time, time.Time) {
-				h.s.pace.in <- paced{fn: func() { close(done) }}
-			}}
+			h.s.store.in <- write{key: []byte("barrier!"), done: func(error) { close(done) }}
 			<-done
 		}
 	})

@@ -193,20 +193,16 @@ func (s *Server) authoritative(ctx context.Context, l *listener, m *dhcpv4.DHCPv
 		out := r.ToBytes()
 		dst := s.destination(l, m, r, peer)
 		last := len(ws) - 1
-		arrived := time.Now()
 		for i, w := range ws {
-			w.at = arrived
 			if i == last {
-				w.done = func(err error, first, committed time.Time) {
+				w.done = func(err error) {
 					if err != nil {
 						s.log.Error("dhcp: lease commit failed, ACK not sent", "ip", u32ToIP(lease.ip), "err", err)
 						s.count(m, resultDropped)
 						return
 					}
-					s.pace.in <- paced{at: releaseAt(arrived, first, committed), fn: func() {
-						s.count(m, resultAnswered)
-						s.write(l, out, dst)
-					}}
+					s.count(m, resultAnswered)
+					s.write(l, out, dst)
 				}
 			}
 			s.store.in <- w

@@ -108,7 +108,7 @@ func newHarness(t testing.TB, cfg Config, policy Policy) *harness {
 	}
 	h.pxe = &listener{conn: newFakeConn("0.0.0.0:4011"), iface: "test0", pxe: true, serverIP: sid}
 	s.ls = []*listener{h.relay, h.local, h.pxe}
-	// Start the committer and pacer, as Serve would.
+	// Start the committer, as Serve would.
 	s.serving.Do(s.startWorkers)
 	h.s = s
 	t.Cleanup(func() { s.Close() })
@@ -116,16 +116,14 @@ func newHarness(t testing.TB, cfg Config, policy Policy) *harness {
 }
 
 // barrier waits until every write queued so far committed and its ACK (if
-// any) left the pacer.
+// any) was sent.
 func (h *harness) barrier() {
 	h.t.Helper()
 	if h.s.store == nil {
 		return
 	}
 	done := make(chan struct{})
-	h.s.store.in <- write{key: []byte("barrier!"), done: func(error, time.Time, time.Time) {
-		h.s.pace.in <- paced{fn: func() { close(done) }}
-	}}
+	h.s.store.in <- write{key: []byte("barrier!"), done: func(error) { close(done) }}
 	select {
 	case <-done:
 	case <-time.After(5 * time.Second):

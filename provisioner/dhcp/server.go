@@ -29,7 +29,6 @@ type Server struct {
 	met      *metrics
 	table    *table // nil in proxy mode
 	store    *store // nil in proxy mode
-	pace     *pacer // nil in proxy mode
 	ls       []*listener
 	serving  sync.Once
 	closed   sync.Once
@@ -188,7 +187,6 @@ func (s *Server) openLeases() error {
 		return err
 	}
 	s.store.observe = s.met.observeCommit
-	s.pace = newPacer(4 * s.cfg.maxBatch)
 	now := s.Now().UnixNano()
 	var expired [][]byte
 	bad, err := s.store.load(func(l *lease) {
@@ -320,11 +318,10 @@ func (s *Server) Serve(ctx context.Context) error {
 	return err
 }
 
-// startWorkers starts the committer and the ACK pacer.
+// startWorkers starts the committer.
 func (s *Server) startWorkers() {
 	if s.store != nil {
 		go s.store.run()
-		go s.pace.run()
 	}
 }
 
@@ -337,7 +334,6 @@ func (s *Server) Close() error {
 		s.serving.Do(s.startWorkers)
 		if s.store != nil {
 			s.closeErr = s.store.close()
-			s.pace.close()
 		}
 		for _, l := range s.ls {
 			l.conn.Close()

@@ -77,13 +77,11 @@ func leaseKey(ip uint32) []byte {
 }
 
 // write is one pending change: val nil deletes the key. done, if set, runs
-// after the batch holding the write committed (err nil) or failed; it learns
-// when the batch's first write was queued and when the commit returned.
+// after the batch holding the write committed (err nil) or failed.
 type write struct {
 	key  []byte
 	val  []byte
-	at   time.Time // when the write was queued
-	done func(err error, first, committed time.Time)
+	done func(err error)
 }
 
 // store is the bbolt lease file with a group committer: writes that arrive
@@ -200,14 +198,12 @@ func (s *store) run() {
 			}
 			return nil
 		})
-		committed := time.Now()
 		if s.observe != nil {
-			s.observe(len(batch), committed.Sub(start), err)
+			s.observe(len(batch), time.Since(start), err)
 		}
-		first := batch[0].at
 		for i := range batch {
 			if batch[i].done != nil {
-				batch[i].done(err, first, committed)
+				batch[i].done(err)
 			}
 			batch[i] = write{}
 		}
