@@ -58,7 +58,7 @@ func (t *table) restore(l *lease) bool {
 // else (an expired lease holds nothing).
 func (t *table) usable(s *subnet, ip uint32, mac string, now int64) bool {
 	if owner, ok := s.reservedByIP[ip]; ok {
-		if owner != mac && false {
+		if owner != mac {
 			return false
 		}
 	} else if !s.inRange(ip) {
