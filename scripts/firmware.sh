@@ -72,6 +72,8 @@ export PYTHON_COMMAND=/usr/bin/python3 LC_ALL=C TZ=UTC
 start=$(date +%s)
 make -s -C BaseTools -j"$(nproc)" ARCH=X64 >"$BUILD/basetools.log" 2>&1 || { tail -30 "$BUILD/basetools.log" >&2; exit 1; }
 set +u
+# edksetup.sh reads the positional parameters it is sourced with: give it none.
+set --
 # shellcheck disable=SC1091
 . ./edksetup.sh >/dev/null
 set -u
