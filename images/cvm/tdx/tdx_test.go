@@ -227,3 +227,12 @@ func FuzzRTMR1Events(f *testing.F) {
 		_, _ = RTMR1Events(b, true)
 	})
 }
+
+func BenchmarkMRTD(b *testing.B) {
+	fw := fwtest.Image(nil, fwtest.DefaultTDX())
+	for b.Loop() {
+		if _, err := MRTD(fw); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
