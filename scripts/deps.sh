@@ -14,7 +14,7 @@ for tier in "$@"; do
 	case "$tier" in
 	unit) ;;
 	image) pkgs+=(systemd-boot-efi systemd binutils kmod cpio dpkg apt) ;;
-	bench) pkgs+=(kea-admin kea-dhcp4-server dnsmasq tftpd-hpa nginx wrk util-linux) ;;
+	bench) pkgs+=(kea-admin kea-dhcp4-server dnsmasq-base tftpd-hpa nginx wrk util-linux) ;;
 	vm | demo) pkgs+=(qemu-system-x86 ovmf swtpm swtpm-tools tpm2-tools iproute2 dnsmasq) ;;
 	*) echo "deps.sh: unknown tier $tier (want unit, image, bench, vm or demo)" >&2; exit 2 ;;
 	esac
