@@ -149,11 +149,15 @@ func (h *Handler) Close() error { return h.root.Close() }
 // ServeHTTP implements http.Handler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	started := h.Now()
-	h.m.active.Inc()
-	defer h.m.active.Dec()
 	cw := &countingWriter{ResponseWriter: w}
 	name := strings.TrimPrefix(r.URL.Path, "/")
-	result, err := h.serve(cw, r, name)
+	// The request stops counting as active before anyone hears it finished,
+	// so observers and metrics agree.
+	h.m.active.Inc()
+	result, err := func() (string, error) {
+		defer h.m.active.Dec()
+		return h.serve(cw, r, name)
+	}()
 	if err == nil && cw.err != nil {
 		result, err = resultError, fmt.Errorf("file %q: write response: %w", name, cw.err)
 	}

@@ -238,8 +238,11 @@ func (s *Server) handle(ctx context.Context, b []byte, remote netip.AddrPort, lo
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
-		defer s.release(remote)
-		s.serveFile(ctx, req, name, remote, local, ev)
+		// The slot is free before anyone hears the transfer finished, so
+		// observers and metrics agree.
+		ev := s.serveFile(ctx, req, name, remote, local, ev)
+		s.release(remote)
+		s.notify(ev)
 	}()
 }
 
@@ -300,7 +303,9 @@ func (s *Server) sendError(c *net.UDPConn, to netip.AddrPort, code uint16, msg s
 // serveFile runs one read transfer on a new socket (the server's TID,
 // RFC 1350 §4) connected to the client's TID, so the kernel drops packets
 // from any other source.
-func (s *Server) serveFile(ctx context.Context, req request, name string, remote netip.AddrPort, local netip.Addr, ev Event) {
+// It returns the finished transfer's event; the caller releases the slot
+// and notifies the observer.
+func (s *Server) serveFile(ctx context.Context, req request, name string, remote netip.AddrPort, local netip.Addr, ev Event) Event {
 	finish := func(result string, n int64, err error) {
 		s.m.transfers.WithLabelValues(result).Inc()
 		ev.Bytes = n
@@ -311,7 +316,6 @@ func (s *Server) serveFile(ctx context.Context, req request, name string, remote
 		} else {
 			s.log.Debug("tftp: transfer done", "remote", remote, "file", req.file, "bytes", n, "duration", ev.Duration)
 		}
-		s.notify(ev)
 	}
 	var laddr *net.UDPAddr
 	if local.IsValid() {
@@ -320,7 +324,7 @@ func (s *Server) serveFile(ctx context.Context, req request, name string, remote
 	conn, err := net.DialUDP("udp", laddr, net.UDPAddrFromAddrPort(remote))
 	if err != nil {
 		finish(resultError, 0, fmt.Errorf("open transfer socket: %w", err))
-		return
+		return ev
 	}
 	defer conn.Close()
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
@@ -332,18 +336,18 @@ func (s *Server) serveFile(ctx context.Context, req request, name string, remote
 		if errors.Is(err, fs.ErrNotExist) {
 			s.sendError(conn, netip.AddrPort{}, errNotFound, "file not found")
 			finish(resultNotFound, 0, fmt.Errorf("file %q: %w", req.file, err))
-			return
+			return ev
 		}
 		s.sendError(conn, netip.AddrPort{}, errAccess, "access violation")
 		finish(resultRefused, 0, fmt.Errorf("file %q: %w", req.file, err))
-		return
+		return ev
 	}
 	defer f.Close()
 	fi, err := f.Stat()
 	if err != nil || !fi.Mode().IsRegular() {
 		s.sendError(conn, netip.AddrPort{}, errAccess, "not a regular file")
 		finish(resultRefused, 0, fmt.Errorf("file %q: not a regular file", req.file))
-		return
+		return ev
 	}
 	neg := negotiate(req, limits{maxBlock: s.cfg.MaxBlockSize, maxWindow: s.cfg.MaxWindowSize})
 	if neg.tsize {
@@ -369,6 +373,7 @@ func (s *Server) serveFile(ctx context.Context, req request, name string, remote
 		}
 		finish(resultError, n, err)
 	}
+	return ev
 }
 
 // cleanName checks a requested file name and returns it as a path relative
