@@ -4,7 +4,7 @@ GO ?= go
 FUZZTIME ?= 60s
 export CGO_ENABLED := 1
 
-.PHONY: all build test test-unit test-fuzz test-vm bench bench-keyd bench-provisioner fuzz image demo deps clean help
+.PHONY: all build test test-unit test-fuzz test-vm bench bench-keyd bench-provisioner fuzz image firmware demo deps clean help
 
 all: build
 
@@ -19,6 +19,7 @@ help:
 	@echo "make bench-provisioner  DHCP/TFTP/HTTP against kea, dnsmasq, tftpd-hpa, atftpd, nginx"
 	@echo "make build       build every command into bin/"
 	@echo "make image       build the reproducible UKI and its manifest (PROFILE=production|debug)"
+	@echo "make firmware    build OVMF for SEV-SNP and TDX from the pinned edk2 source"
 
 deps:
 	@scripts/deps.sh unit
@@ -55,6 +56,11 @@ bench-provisioner: deps
 	bench/dhcp.sh
 	bench/tftp.sh
 	bench/http.sh
+
+# OVMF AmdSev and IntelTdx from Debian's pinned edk2 source, cached in out/firmware.
+firmware:
+	@scripts/deps.sh firmware
+	@scripts/firmware.sh
 
 image:
 	@scripts/deps.sh image

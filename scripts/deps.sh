@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # deps.sh TIER… — install what a tier needs, idempotently: apt packages only
 # when one is missing (apt-get update once, then install), Go modules always
-# (a no-op when cached). Tiers: unit, image, bench, vm, demo.
+# (a no-op when cached). Tiers: unit, image, firmware, bench, vm, demo.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,9 +14,10 @@ for tier in "$@"; do
 	case "$tier" in
 	unit) ;;
 	image) pkgs+=(systemd-boot-efi systemd binutils kmod cpio dpkg apt) ;;
+	firmware) pkgs+=(build-essential uuid-dev acpica-tools nasm python3 python3-distutils dpkg-dev) ;;
 	bench) pkgs+=(kea-admin kea-dhcp4-server dnsmasq-base tftpd-hpa nginx wrk util-linux) ;;
 	vm | demo) pkgs+=(qemu-system-x86 ovmf swtpm swtpm-tools tpm2-tools iproute2 dnsmasq) ;;
-	*) echo "deps.sh: unknown tier $tier (want unit, image, bench, vm or demo)" >&2; exit 2 ;;
+	*) echo "deps.sh: unknown tier $tier (want unit, image, firmware, bench, vm or demo)" >&2; exit 2 ;;
 	esac
 done
 
