@@ -8,22 +8,22 @@
 #   STORM clients=N failures=N p50=… p99=… total=…
 # where p50/p99 are DISCOVER → last byte of the file per machine.
 #
-# The image is $SIZE_MIB MiB of random bytes (default 4: 1000 machines then
-# move ~4 GiB, which keeps the run near a minute on 2 cores; a real UKI is
-# 30–60 MiB, so scale SIZE_MIB for a longer run).
+# The image is $SIZE_MIB MiB of random bytes (default 16: 1000 machines then
+# move 16 GiB, ~40 s on 2 cores; a real UKI is 30–60 MiB, SIZE_MIB=32 takes
+# about twice as long).
 #
 # All simulated machines share one source address (10.78.0.2), so the TFTP
 # per-client limit (tftp.max_per_client, default 8 per address) is raised to
 # the client count here; real machines each fetch from their own lease.
 #
 # Usage: bench/storm.sh   (root; needs iproute2)
-# Env:   CLIENTS (1000), SIZE_MIB (4), SPREAD (0 = all at once, e.g. 10s),
+# Env:   CLIENTS (1000), SIZE_MIB (16), SPREAD (0 = all at once, e.g. 10s),
 #        HTTP_EVERY (2: every 2nd machine boots over HTTP; 0 = all TFTP),
 #        KEEP=1 keeps the temp dir (logs, per-machine JSON) and prints its path.
 set -euo pipefail
 
 CLIENTS=${CLIENTS:-1000}
-SIZE_MIB=${SIZE_MIB:-4}
+SIZE_MIB=${SIZE_MIB:-16}
 SPREAD=${SPREAD:-0}
 HTTP_EVERY=${HTTP_EVERY:-2}
 
@@ -101,7 +101,10 @@ rc=0
 ip netns exec "$CLINS" "$T/storm" -iface vcli -clients "$CLIENTS" -http-every "$HTTP_EVERY" -spread "$SPREAD" \
 	-image "$T/data/images/uki.efi" -json "$T/machines.json" || rc=$?
 
-# The inventory's view: how many machines reached "booting".
+# The inventory's view: how many machines reached "booting". Fewer than the
+# successful machines means transfers were attributed to the wrong machine:
+# the inventory attributes by offer order (first come, first served), since
+# the DHCP server does not tell it which address each machine leased.
 booting=$(ip netns exec "$CLINS" curl -fsS -H "Authorization: Bearer $(cat "$T/admin.token")" \
 	"http://10.78.0.1:8081/api/v1/machines?state=booting" 2>/dev/null | grep -o '"mac"' | wc -l || true)
 echo "inventory: $booting machines booting"
