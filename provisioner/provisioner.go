@@ -291,6 +291,10 @@ func (p policy) Boot(ctx context.Context, c dhcp.Client) (dhcp.Boot, error) {
 	return dhcp.Boot{TFTPFile: a.TFTPFile, HTTPURL: a.HTTPURL}, nil
 }
 
+// Leased records the address a machine was acknowledged, so its TFTP and
+// HTTP transfers are attributed to it exactly, even when boots overlap.
+func (p policy) Leased(mac net.HardwareAddr, ip netip.Addr) { p.inv.LearnAddress(mac, ip) }
+
 // tftpObserver adapts the inventory to tftp.Observer.
 type tftpObserver struct {
 	inv *inventory.Store
@@ -327,7 +331,8 @@ func (o *httpObserver) Transfer(ev httpboot.Event) {
 }
 
 var (
-	_ dhcp.Policy       = policy{}
-	_ tftp.Observer     = tftpObserver{}
-	_ httpboot.Observer = (*httpObserver)(nil)
+	_ dhcp.Policy        = policy{}
+	_ dhcp.LeaseObserver = policy{}
+	_ tftp.Observer      = tftpObserver{}
+	_ httpboot.Observer  = (*httpObserver)(nil)
 )

@@ -173,6 +173,10 @@ func TestProxyMode(t *testing.T) {
 	if dst != netip.MustParseAddrPort("10.0.0.150:68") {
 		t.Errorf("4011 ACK sent to %v, want the client", dst)
 	}
+	// The address the client reported is the one its transfers come from.
+	if d := cmp.Diff(map[string]netip.Addr{"02:00:00:00:00:07": netip.MustParseAddr("10.0.0.150")}, p.leased(), cmp.Comparer(func(a, b netip.Addr) bool { return a == b })); d != "" {
+		t.Errorf("leases heard in proxy mode (-want +got):\n%s", d)
+	}
 
 	// HTTP boot client through the proxy.
 	hb, _ := h.do(h.local, msg(t, dhcpv4.MessageTypeDiscover, "02:00:00:00:00:10", withArch(16), withVendor("HTTPClient:Arch:00016")), "0.0.0.0:68")
@@ -251,5 +255,23 @@ func TestUserClass(t *testing.T) {
 		if got := userClass([]byte(in)); got != want {
 			t.Errorf("userClass(%q) = %q, want %q", in, got, want)
 		}
+	}
+}
+
+// An authoritative server tells the policy every address it acknowledged,
+// and none it only offered, so transfers are attributed exactly.
+func TestLeaseObserver(t *testing.T) {
+	p := &recordingPolicy{boots: map[string]Boot{}}
+	h := newHarness(t, authConfig(t), p)
+	if offer := h.relayed(msg(t, dhcpv4.MessageTypeDiscover, "02:00:00:00:00:21")); offer == nil {
+		t.Fatal("no OFFER")
+	}
+	if got := p.leased(); len(got) != 0 {
+		t.Fatalf("an OFFER was reported as a lease: %v", got)
+	}
+	ack := h.dora("02:00:00:00:00:22")
+	want := map[string]netip.Addr{"02:00:00:00:00:22": netip.MustParseAddr(ack.YourIPAddr.String())}
+	if d := cmp.Diff(want, p.leased(), cmp.Comparer(func(a, b netip.Addr) bool { return a == b })); d != "" {
+		t.Errorf("leases heard (-want +got):\n%s", d)
 	}
 }

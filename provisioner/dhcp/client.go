@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"net"
+	"net/netip"
 	"strings"
 
 	"github.com/insomniacslk/dhcp/dhcpv4"
@@ -51,6 +52,16 @@ func (b Boot) zero() bool { return b.TFTPFile == "" && b.HTTPURL == "" && b.Serv
 // it; it is called for every request that could carry boot information.
 type Policy interface {
 	Boot(ctx context.Context, c Client) (Boot, error)
+}
+
+// LeaseObserver, if the Policy also implements it, hears the address of
+// every client the server acknowledged: an authoritative lease once it is
+// durable and before its ACK leaves, or the address a proxyDHCP client
+// reports (ciaddr) on port 4011. The boot servers' transfers come from that
+// address, so they can be attributed to the machine exactly. It must not
+// block.
+type LeaseObserver interface {
+	Leased(mac net.HardwareAddr, ip netip.Addr)
 }
 
 const (

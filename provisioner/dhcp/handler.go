@@ -202,6 +202,7 @@ func (s *Server) authoritative(ctx context.Context, l *listener, m *dhcpv4.DHCPv
 						return
 					}
 					s.count(m, resultAnswered)
+					s.leased(m.ClientHWAddr, lease.ip)
 					s.write(l, out, dst)
 				}
 			}
@@ -270,11 +271,21 @@ func (s *Server) proxy(ctx context.Context, l *listener, m *dhcpv4.DHCPv4, peer 
 	}
 	if l.pxe {
 		r.ClientIPAddr = m.ClientIPAddr
+		if ip, ok := ipToU32(m.ClientIPAddr); ok && ip != 0 {
+			s.leased(m.ClientHWAddr, ip)
+		}
 		s.write(l, r.ToBytes(), peer)
 	} else {
 		s.send(ctx, l, m, r, peer)
 	}
 	return resultAnswered
+}
+
+// leased tells the policy, if it listens, which address mac now has.
+func (s *Server) leased(mac net.HardwareAddr, ip uint32) {
+	if o, ok := s.policy.(LeaseObserver); ok {
+		o.Leased(mac, netip.AddrFrom4([4]byte{byte(ip >> 24), byte(ip >> 16), byte(ip >> 8), byte(ip)}))
+	}
 }
 
 // selectSubnet: the relay's subnet (giaddr, RFC 2131 §4.3.1), the subnet

@@ -2,6 +2,7 @@ package dhcp
 
 import (
 	"context"
+	"maps"
 	"net"
 	"net/netip"
 	"path/filepath"
@@ -236,12 +237,29 @@ func msg(t testing.TB, typ dhcpv4.MessageType, mac string, mods ...dhcpv4.Modifi
 	return m
 }
 
-// recordingPolicy returns boot per MAC and remembers every Client it saw.
+// recordingPolicy returns boot per MAC and remembers every Client it saw
+// and every address the server reported as leased.
 type recordingPolicy struct {
-	mu    sync.Mutex
-	boots map[string]Boot
-	seen  []Client
-	fail  error
+	mu     sync.Mutex
+	boots  map[string]Boot
+	seen   []Client
+	fail   error
+	leases map[string]netip.Addr
+}
+
+func (p *recordingPolicy) Leased(mac net.HardwareAddr, ip netip.Addr) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.leases == nil {
+		p.leases = map[string]netip.Addr{}
+	}
+	p.leases[mac.String()] = ip
+}
+
+func (p *recordingPolicy) leased() map[string]netip.Addr {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return maps.Clone(p.leases)
 }
 
 func (p *recordingPolicy) Boot(_ context.Context, c Client) (Boot, error) {
