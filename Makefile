@@ -50,12 +50,14 @@ bench: deps
 bench-keyd: deps
 	bench/keyd.sh
 
-# DHCP vs kea and dnsmasq, TFTP vs tftpd-hpa and atftpd, HTTP vs nginx.
+# DHCP vs kea and dnsmasq, TFTP vs tftpd-hpa and atftpd, HTTP vs nginx, and a
+# 1000-client PXE boot storm.
 bench-provisioner: deps
 	@scripts/deps.sh bench
 	bench/dhcp.sh
 	bench/tftp.sh
 	bench/http.sh
+	bench/storm.sh
 
 # OVMF AmdSev and IntelTdx from Debian's pinned edk2 source, cached in out/firmware.
 firmware:
