@@ -1,6 +1,7 @@
 // Package build produces Palisade's measured image bit for bit reproducibly:
 // Debian's pinned kernel, a u-root-style initramfs with the init, and a UKI,
-// then the TPM reference values computed from what was built.
+// then the TPM reference values computed from what was built and, given the
+// pinned firmware, the SEV-SNP and TDX launch values of each VM shape.
 //
 // It is not a signer and publishes nothing: see internal/manifest.
 package build
@@ -58,6 +59,13 @@ type Options struct {
 	Kernel      Kernel
 	Stub        string
 	Log         io.Writer
+	// Firmware, when set, adds the SEV-SNP and TDX references of every
+	// shape in Shapes (nil: TPM references only).
+	Firmware *Firmware
+	// SNP is the owner's SEV-SNP policy for those references (Product is
+	// required); TDXBoots are the reference boots' TDX values.
+	SNP      attest.SNPReference
+	TDXBoots []TDXBoot
 }
 
 // Cmdlines per profile. debug differs, so a debug UKI never measures like a
@@ -221,6 +229,25 @@ func Build(ctx context.Context, o Options) (*Result, error) {
 			TPM:      &attest.TPMReference{PCRs: map[int]attest.HexBytes{4: v.PCR4, 9: v.PCR9, 11: v.PCR11}},
 		})
 	}
+	if o.Firmware != nil {
+		if err := checkDirectBoot(ub, files); err != nil {
+			return nil, err
+		}
+		cvm, missing, err := CVMReferences(ub, CVMOptions{Image: o.Profile, Firmware: *o.Firmware, Shapes: Shapes,
+			SNP: o.SNP, TDXBoots: o.TDXBoots})
+		if err != nil {
+			return nil, err
+		}
+		for _, m := range missing {
+			o.logf("      %s: no TDX profile", m)
+		}
+		for _, r := range cvm {
+			o.logf("      %s", r.Profile)
+		}
+		res.References = append(res.References, cvm...)
+	} else {
+		o.logf("      no firmware given (--firmware): no sev-snp or tdx references")
+	}
 	var sums strings.Builder
 	names := make([]string, 0, len(files))
 	for n := range files {
@@ -244,6 +271,25 @@ func Build(ctx context.Context, o Options) (*Result, error) {
 	}
 	o.logf("done: %s sha256 %s", ukiPath, res.Files["palisade.efi"])
 	return res, nil
+}
+
+// checkDirectBoot checks that what a CVM launcher takes out of the UKI is
+// what the build put in, so the launch digest covers the built files.
+func checkDirectBoot(ukiFile []byte, files map[string][]byte) error {
+	b, err := DirectBoot(ukiFile)
+	if err != nil {
+		return err
+	}
+	for _, c := range []struct {
+		name      string
+		got, want []byte
+	}{{"vmlinuz", b.Kernel, files["vmlinuz"]}, {"initrd.img", b.Initrd, files["initrd.img"]},
+		{"cmdline", []byte(b.Cmdline), files["cmdline"]}} {
+		if !bytes.Equal(c.got, c.want) {
+			return fmt.Errorf("uki: direct-boot %s (%d bytes) differs from the built file (%d bytes)", c.name, len(c.got), len(c.want))
+		}
+	}
+	return nil
 }
 
 // TPMProfile names the hardware profile of a TPM reference: OVMF-style UEFI

@@ -1,7 +1,7 @@
 // Command images builds Palisade's measured image and signs and verifies its
 // manifest.
 //
-//	images build --profile production [--version v1] [--manifest-key pub.pem]
+//	images build --profile production [--version v1] [--manifest-key pub.pem] [--firmware DIR [--snp-product Milan] [--tdx-boots boots.json]]
 //	images keygen --out key            (writes key.pem and key.pub.pem)
 //	images sign --key key.pem --dir out/image/production --security-version 3 --out manifest.dsse
 //	images verify --pub key.pub.pem --dir out/image/production --last-accepted 2 --no-tlog manifest.dsse
@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/palisade-cc/palisade/images/build"
+	"github.com/palisade-cc/palisade/internal/attest"
 )
 
 func main() {
@@ -65,8 +66,12 @@ func cmdBuild(ctx context.Context, args []string) error {
 	cache := fs.String("cache", "out/image/cache", "download cache (kernel .deb)")
 	root := fs.String("root", ".", "repository root to build the Go commands from")
 	key := fs.String("manifest-key", "", "PEM public key compiled into the image to verify manifests")
+	fw := fs.String("firmware", "", "pinned firmware directory (the last line scripts/firmware.sh prints): adds sev-snp and tdx references")
+	product := fs.String("snp-product", "Milan", "AMD product line whose roots sign the sev-snp nodes' reports (Milan, Genoa, Turin)")
+	smt := fs.Bool("snp-smt", false, "sev-snp references accept a guest policy and platform with SMT enabled")
+	boots := fs.String("tdx-boots", "", "JSON list of {shape, secure_boot, reference} recorded from TDX reference boots (rtmr[0], td_attributes, xfam, min_tee_tcb_svn); without it no tdx references")
 	fs.Usage = func() {
-		fmt.Fprintln(os.Stderr, "images build --profile production|debug [--version v] [--manifest-key pub.pem]\nexample: SOURCE_DATE_EPOCH=1700000000 images build --profile production")
+		fmt.Fprintln(os.Stderr, "images build --profile production|debug [--version v] [--manifest-key pub.pem] [--firmware DIR]\nexample: SOURCE_DATE_EPOCH=1700000000 images build --profile production --firmware \"$(scripts/firmware.sh | tail -n1)\"")
 		fs.PrintDefaults()
 	}
 	fs.Parse(args)
@@ -85,9 +90,27 @@ func cmdBuild(ctx context.Context, args []string) error {
 			return err
 		}
 	}
+	opts := build.Options{Profile: *profile, Version: *version, Epoch: epoch, Root: *root,
+		Out: *out, Cache: *cache, ManifestKey: kb, Log: os.Stderr,
+		SNP: attest.SNPReference{Product: *product, SMT: *smt}}
+	if *fw != "" {
+		f, err := build.LoadFirmware(*fw)
+		if err != nil {
+			return fmt.Errorf("--firmware: %w", err)
+		}
+		opts.Firmware = f
+	} else if *boots != "" {
+		return fmt.Errorf("--tdx-boots needs --firmware")
+	}
+	if *boots != "" {
+		b, err := build.LoadTDXBoots(*boots)
+		if err != nil {
+			return fmt.Errorf("--tdx-boots: %w", err)
+		}
+		opts.TDXBoots = b
+	}
 	start := time.Now()
-	_, err := build.Build(ctx, build.Options{Profile: *profile, Version: *version, Epoch: epoch, Root: *root,
-		Out: *out, Cache: *cache, ManifestKey: kb, Log: os.Stderr})
+	_, err := build.Build(ctx, opts)
 	fmt.Fprintf(os.Stderr, "images: build took %s\n", time.Since(start).Round(100*time.Millisecond))
 	return err
 }
