@@ -1,0 +1,356 @@
+// Package config is the verifier's typed, versioned configuration file, the
+// reference values it attests against and the state it keeps between runs.
+// It is not a trust decision: it only says which roots and keys are pinned.
+package config
+
+import (
+	"bytes"
+	"crypto/ed25519"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+
+	"golang.org/x/mod/sumdb/note"
+
+	"github.com/palisade-cc/palisade/internal/attest"
+	"github.com/palisade-cc/palisade/internal/attest/snp"
+	"github.com/palisade-cc/palisade/internal/attest/tdx"
+	"github.com/palisade-cc/palisade/internal/attest/tpm"
+)
+
+// Version is the version of the configuration file format.
+const Version = 1
+
+// File names inside the configuration directory.
+const (
+	FileName       = "verifier.json"
+	CheckpointName = "checkpoint"
+	OwnerKeyName   = "owner.key"
+	SecretName     = "owner-secret.json"
+)
+
+// maxFile bounds every file the verifier reads: configs, references, keys.
+const maxFile = 4 << 20
+
+// Config is verifier.json. Relative paths are relative to the directory
+// the file is in.
+type Config struct {
+	Version int `json:"version"`
+	// ClusterID is the cluster keyd and nodes attest for (protocol.md §1).
+	ClusterID string `json:"cluster_id"`
+	// Keyd lists keyd addresses (host:port); the first is the default.
+	Keyd []string `json:"keyd"`
+	// References is the reference values file (keyd's JSON manifest format,
+	// docs/keyd.md §References) keyd and nodes are attested against.
+	References string `json:"references"`
+	// ManifestKey is the PEM public key that signs image manifests; kept
+	// for `verifier image` (not built yet), checked when set.
+	ManifestKey string `json:"manifest_key,omitempty"`
+	// LogKey is keyd's checkpoint verifier key in note form
+	// ("name+hash+base64"); its name is the log's origin.
+	LogKey string `json:"log_key"`
+	// OwnerKey is the Ed25519 owner key file (hex seed, mode 0600); it
+	// signs revocations. `verifier init` creates it.
+	OwnerKey string `json:"owner_key"`
+	// Secret is the owner's recovery secret file (mode 0600).
+	Secret string `json:"secret"`
+	// AttestPort is the port of a node's aTLS attestation endpoint, on the
+	// host of its first claimed endpoint; 0: nodes are not attested live.
+	AttestPort int `json:"attest_port,omitempty"`
+	// Roots pin the trust anchors per platform.
+	Roots Roots `json:"roots"`
+
+	dir string
+}
+
+// Roots pins each platform's roots; a platform without roots is denied.
+type Roots struct {
+	TPMRoots         string              `json:"tpm_roots,omitempty"`
+	TPMIntermediates string              `json:"tpm_intermediates,omitempty"`
+	SNP              map[string]SNPRoots `json:"sev_snp,omitempty"`
+	SNPCollateralDir string              `json:"sev_snp_collateral_dir,omitempty"`
+	TDXRoot          string              `json:"tdx_root,omitempty"`
+	TDXCollateralDir string              `json:"tdx_collateral_dir,omitempty"`
+	TDXAcceptTCB     []string            `json:"tdx_accept_tcb,omitempty"`
+}
+
+// SNPRoots are the AMD KDS cert_chain files of one product line.
+type SNPRoots struct {
+	VCEKChain string `json:"vcek_chain"`
+	VLEKChain string `json:"vlek_chain,omitempty"`
+}
+
+// Dir is the default configuration directory: os.UserConfigDir()/palisade.
+func Dir() (string, error) {
+	d, err := os.UserConfigDir()
+	if err != nil {
+		return "", err
+	}
+	return filepath.Join(d, "palisade"), nil
+}
+
+var idRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$`)
+
+// Validate checks the configuration and names the first bad field.
+func (c *Config) Validate() error {
+	if c.Version != Version {
+		return fmt.Errorf("config.version: %d, want %d", c.Version, Version)
+	}
+	if !idRE.MatchString(c.ClusterID) {
+		return fmt.Errorf("config.cluster_id %q: want 1-63 of [a-z0-9.-], alphanumeric at both ends", c.ClusterID)
+	}
+	if len(c.Keyd) == 0 {
+		return errors.New("config.keyd: empty, want at least one host:port")
+	}
+	for i, a := range c.Keyd {
+		if _, p, err := net.SplitHostPort(a); err != nil || p == "" {
+			return fmt.Errorf("config.keyd[%d] %q: want host:port", i, a)
+		}
+	}
+	if c.References == "" {
+		return errors.New("config.references: empty, want the reference values file")
+	}
+	if _, err := note.NewVerifier(c.LogKey); err != nil {
+		return fmt.Errorf("config.log_key: %v (want keyd's checkpoint verifier key, name+hash+base64)", err)
+	}
+	if c.OwnerKey == "" {
+		return errors.New("config.owner_key: empty, want a file path")
+	}
+	if c.Secret == "" {
+		return errors.New("config.secret: empty, want a file path")
+	}
+	if c.AttestPort < 0 || c.AttestPort > 65535 {
+		return fmt.Errorf("config.attest_port: %d, want 0-65535", c.AttestPort)
+	}
+	r := c.Roots
+	if r.TPMRoots == "" && len(r.SNP) == 0 && r.TDXRoot == "" {
+		return errors.New("config.roots: no platform has roots (tpm_roots, sev_snp, tdx_root)")
+	}
+	if r.TPMIntermediates != "" && r.TPMRoots == "" {
+		return errors.New("config.roots.tpm_intermediates: set without tpm_roots")
+	}
+	for prod, s := range r.SNP {
+		if prod != "Milan" && prod != "Genoa" && prod != "Turin" {
+			return fmt.Errorf("config.roots.sev_snp[%q]: want Milan, Genoa or Turin", prod)
+		}
+		if s.VCEKChain == "" {
+			return fmt.Errorf("config.roots.sev_snp[%q].vcek_chain: empty", prod)
+		}
+	}
+	if len(r.SNP) > 0 && r.SNPCollateralDir == "" {
+		return errors.New("config.roots.sev_snp_collateral_dir: empty, want the offline KDS bundle")
+	}
+	if r.TDXRoot != "" && r.TDXCollateralDir == "" {
+		return errors.New("config.roots.tdx_collateral_dir: empty, want the offline PCS bundle")
+	}
+	return nil
+}
+
+// Parse reads a configuration strictly (unknown fields and trailing data
+// are errors) and validates it; dir resolves relative paths.
+func Parse(b []byte, dir string) (*Config, error) {
+	var c Config
+	if err := strictJSON(StripComments(b), &c); err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	c.dir = dir
+	return &c, nil
+}
+
+// Load reads dir/verifier.json.
+func Load(dir string) (*Config, error) {
+	b, err := readFile(filepath.Join(dir, FileName))
+	if err != nil {
+		return nil, err
+	}
+	c, err := Parse(b, dir)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", filepath.Join(dir, FileName), err)
+	}
+	return c, nil
+}
+
+// Path resolves p against the configuration's directory.
+func (c *Config) Path(p string) string {
+	if p == "" || filepath.IsAbs(p) {
+		return p
+	}
+	return filepath.Join(c.dir, p)
+}
+
+// Dir is the directory the configuration and state live in.
+func (c *Config) Dir() string { return c.dir }
+
+// LogVerifier is the pinned checkpoint key.
+func (c *Config) LogVerifier() note.Verifier {
+	v, _ := note.NewVerifier(c.LogKey) // checked by Validate
+	return v
+}
+
+func strictJSON(b []byte, v any) error {
+	if len(b) > maxFile {
+		return fmt.Errorf("%d bytes, at most %d", len(b), maxFile)
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return err
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return errors.New("trailing data after the JSON object")
+	}
+	return nil
+}
+
+func readFile(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, maxFile+1))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	if len(b) > maxFile {
+		return nil, fmt.Errorf("%s: larger than %d bytes", path, maxFile)
+	}
+	return b, nil
+}
+
+// Verifiers builds one verifier per platform that has pinned roots; they
+// read collateral only from the configured directories (no network).
+func (c *Config) Verifiers() (map[attest.Platform]attest.Verifier, error) {
+	r := c.Roots
+	out := map[attest.Platform]attest.Verifier{}
+	if r.TPMRoots != "" {
+		roots, err := certPool(c.Path(r.TPMRoots))
+		if err != nil {
+			return nil, fmt.Errorf("config.roots.tpm_roots: %w", err)
+		}
+		var inter *x509.CertPool
+		if r.TPMIntermediates != "" {
+			if inter, err = certPool(c.Path(r.TPMIntermediates)); err != nil {
+				return nil, fmt.Errorf("config.roots.tpm_intermediates: %w", err)
+			}
+		}
+		out[attest.PlatformTPM] = tpm.NewVerifier(roots, inter)
+	}
+	if len(r.SNP) > 0 {
+		roots := map[string]*snp.Roots{}
+		for prod, files := range r.SNP {
+			vcek, err := readFile(c.Path(files.VCEKChain))
+			if err != nil {
+				return nil, fmt.Errorf("config.roots.sev_snp[%q].vcek_chain: %w", prod, err)
+			}
+			var vlek []byte
+			if files.VLEKChain != "" {
+				if vlek, err = readFile(c.Path(files.VLEKChain)); err != nil {
+					return nil, fmt.Errorf("config.roots.sev_snp[%q].vlek_chain: %w", prod, err)
+				}
+			}
+			if roots[prod], err = snp.ParseRoots(vcek, vlek); err != nil {
+				return nil, fmt.Errorf("config.roots.sev_snp[%q]: %w", prod, err)
+			}
+		}
+		out[attest.PlatformSNP] = &snp.Verifier{Roots: roots, Getter: &snp.Collateral{Dir: c.Path(r.SNPCollateralDir)}}
+	}
+	if r.TDXRoot != "" {
+		pool, err := certPool(c.Path(r.TDXRoot))
+		if err != nil {
+			return nil, fmt.Errorf("config.roots.tdx_root: %w", err)
+		}
+		v := &tdx.Verifier{Roots: pool, Getter: &tdx.Bundle{FS: os.DirFS(c.Path(r.TDXCollateralDir))}, AcceptTCB: r.TDXAcceptTCB}
+		if err := v.Validate(); err != nil {
+			return nil, fmt.Errorf("config.roots: tdx: %w", err)
+		}
+		out[attest.PlatformTDX] = v
+	}
+	return out, nil
+}
+
+func certPool(path string) (*x509.CertPool, error) {
+	b, err := readFile(path)
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	n := 0
+	for {
+		var blk *pem.Block
+		blk, b = pem.Decode(b)
+		if blk == nil {
+			break
+		}
+		if blk.Type != "CERTIFICATE" {
+			continue
+		}
+		c, err := x509.ParseCertificate(blk.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", path, err)
+		}
+		pool.AddCert(c)
+		n++
+	}
+	if n == 0 {
+		return nil, fmt.Errorf("%s: no PEM certificate", path)
+	}
+	return pool, nil
+}
+
+// OwnerKey reads the owner's Ed25519 key. The file must not be readable by
+// others (mode 0600 or stricter): it authorises revocations.
+func (c *Config) ReadOwnerKey() (ed25519.PrivateKey, error) {
+	p := c.Path(c.OwnerKey)
+	fi, err := os.Stat(p)
+	if err != nil {
+		return nil, fmt.Errorf("config.owner_key: %w", err)
+	}
+	if fi.Mode().Perm()&0o077 != 0 {
+		return nil, fmt.Errorf("config.owner_key %s: mode %v, want 0600 (the key authorises revocations)", p, fi.Mode().Perm())
+	}
+	b, err := readFile(p)
+	if err != nil {
+		return nil, fmt.Errorf("config.owner_key: %w", err)
+	}
+	seed, err := hex.DecodeString(strings.TrimSpace(string(b)))
+	if err != nil || len(seed) != ed25519.SeedSize {
+		return nil, fmt.Errorf("config.owner_key %s: want %d hex-encoded bytes (an Ed25519 seed)", p, ed25519.SeedSize)
+	}
+	return ed25519.NewKeyFromSeed(seed), nil
+}
+
+// WriteExclusive creates path with mode 0600 and writes b; it refuses to
+// overwrite an existing file (a secret lost by overwriting is lost for good).
+func WriteExclusive(path string, b []byte) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return err
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return fmt.Errorf("%s: %w (refusing to overwrite)", path, err)
+	}
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		os.Remove(path)
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		os.Remove(path)
+		return err
+	}
+	return f.Close()
+}
