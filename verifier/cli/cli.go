@@ -12,6 +12,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -57,6 +58,9 @@ type Env struct {
 	Now      func() time.Time
 	// Parallel bounds concurrent node attestations (0: 8).
 	Parallel int
+	// Transport, if set, wraps the HTTP transport to keyd (inside aTLS):
+	// tests use it to play a keyd that lies in its answers.
+	Transport func(http.RoundTripper) http.RoundTripper
 }
 
 type command struct {
@@ -245,7 +249,7 @@ func acceptKeyd(p attest.Claims) error {
 
 // keydClient is an api.Client to the keyd at addr (default: the config's
 // first) that verifies keyd on every connection.
-func keydClient(c *config.Config, addr string) (*api.Client, error) {
+func keydClient(c *config.Config, addr string, e *Env) (*api.Client, error) {
 	if addr == "" {
 		addr = c.Keyd[0]
 	}
@@ -253,7 +257,11 @@ func keydClient(c *config.Config, addr string) (*api.Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	return api.NewClient(addr, cfg)
+	cl, err := api.NewClient(addr, cfg)
+	if err == nil && e.Transport != nil {
+		cl.HTTP.Transport = e.Transport(cl.HTTP.Transport)
+	}
+	return cl, err
 }
 
 // classify maps an error talking to keyd to its exit code: the local
@@ -310,7 +318,7 @@ func cmdInit() *command {
 				os.Remove(secPath)
 				return fmt.Errorf("config.owner_key: %w", err)
 			}
-			cl, err := keydClient(c, args[0])
+			cl, err := keydClient(c, args[0], e)
 			if err == nil {
 				defer cl.Close()
 				err = cl.Init(ctx, &api.InitRequest{ClusterID: c.ClusterID, MasterSecret: master,
@@ -344,7 +352,7 @@ func cmdRecover() *command {
 			if err != nil {
 				return err
 			}
-			cl, err := keydClient(c, args[0])
+			cl, err := keydClient(c, args[0], e)
 			if err != nil {
 				return err
 			}
@@ -382,11 +390,11 @@ func cmdRevoke() *command {
 			if _, err := rand.Read(req.Nonce); err != nil {
 				return err
 			}
+			req.Sign(key)
 			if err := req.Validate(); err != nil {
 				return fail(ExitUsage, "%v", err)
 			}
-			req.Sign(key)
-			cl, err := keydClient(c, keyd)
+			cl, err := keydClient(c, keyd, e)
 			if err != nil {
 				return err
 			}

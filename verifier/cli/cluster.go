@@ -118,7 +118,7 @@ func cmdCluster() *command {
 // attested); findings are in the report.
 func CheckCluster(ctx context.Context, c *config.Config, addr string, e *Env) (*Report, error) {
 	rep := &Report{Keyd: addr}
-	cl, err := keydClient(c, addr)
+	cl, err := keydClient(c, addr, e)
 	if err != nil {
 		return nil, err
 	}
