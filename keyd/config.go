@@ -39,8 +39,16 @@ type Config struct {
 	// Store selects the state backend; the zero value is bbolt at
 	// StatePath.
 	Store StoreConfig `json:"store,omitempty"`
-	// ManifestPath is the reference values manifest (JSON, see Manifest).
+	// ManifestPath is the signed manifest bundle (images sign; see
+	// internal/manifest): DSSE envelope and transparency-log proof.
 	ManifestPath string `json:"manifest_path"`
+	// ManifestKeys are PEM public keys (Ed25519 or ECDSA P-256) pinned to
+	// sign manifests; a key from the bundle is never used.
+	ManifestKeys []string `json:"manifest_keys"`
+	// ManifestWithoutLogProof accepts a manifest without a verified
+	// transparency-log proof. Until the Rekor verifier exists this must be
+	// set for keyd to start; each such manifest is logged at error level.
+	ManifestWithoutLogProof bool `json:"manifest_without_log_proof,omitempty"`
 	// SealKeyFile, if set, holds 32 bytes (raw or 64 hex digits) that
 	// seal the master secret into the store, so keyd unlocks itself after
 	// a restart. Empty: the secret lives in memory only and a restarted
@@ -237,6 +245,14 @@ func (c *Config) Validate() error {
 	for name, p := range map[string]string{"manifest_path": c.ManifestPath, "log_key_file": c.LogKeyFile} {
 		if p == "" {
 			return fmt.Errorf("config.%s: empty, want a file path", name)
+		}
+	}
+	if len(c.ManifestKeys) == 0 {
+		return errors.New("config.manifest_keys: empty, want the PEM public keys that sign manifests")
+	}
+	for i, p := range c.ManifestKeys {
+		if p == "" {
+			return fmt.Errorf("config.manifest_keys[%d]: empty, want a file path", i)
 		}
 	}
 	if err := c.Attester.Platform.Validate(); err != nil {

@@ -110,7 +110,7 @@ func testManifest(t testing.TB, version uint64, refs ...RoleReference) *Manifest
 func testConfig() *Config {
 	return &Config{
 		Version: ConfigVersion, ClusterID: testCluster, NodeID: "keyd-0", Profile: snpKeydProfile,
-		Listen: "127.0.0.1:0", StatePath: "unused", ManifestPath: "unused", LogKeyFile: "unused",
+		Listen: "127.0.0.1:0", StatePath: "unused", ManifestPath: "unused", ManifestKeys: []string{"unused"}, LogKeyFile: "unused",
 		Attester: AttesterConfig{Platform: attest.PlatformSNP},
 		Roots:    RootsConfig{SNP: map[string]SNPRoots{"Milan": {VCEKChain: "unused"}}, SNPCollateralDir: "unused"},
 	}

@@ -1,20 +1,19 @@
 package keyd
 
 import (
-	"bytes"
-	"encoding/json"
-	"errors"
+	"crypto"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 
 	"github.com/palisade-cc/palisade/internal/attest"
+	"github.com/palisade-cc/palisade/internal/manifest"
 )
 
 // References are the reference values keyd admits against: per role and
 // hardware profile, and the security version of the manifest they came
-// from. The signed manifest of the [images] issue will implement it; until
-// then ParseManifest reads an unsigned JSON file (see docs/keyd.md).
+// from. SignedManifest implements it from the image's signed manifest.
 type References interface {
 	// Lookup returns the reference of a role's profile or an error
 	// naming what is missing.
@@ -24,28 +23,35 @@ type References interface {
 	SecurityVersion() uint64
 }
 
-// ManifestFormat is the version of the JSON manifest file.
-const ManifestFormat = 1
-
-// maxManifestSize bounds a manifest file: a reference is under 2 KiB.
-const maxManifestSize = 4 << 20
-
-// Manifest is the JSON manifest file:
-//
-//	{"format": 1, "security_version": 3,
-//	 "references": [{"role": "node", "reference": {attest.Reference}}, …]}
-type Manifest struct {
-	Format     int             `json:"format"`
-	Version    uint64          `json:"security_version"`
-	References []RoleReference `json:"references"`
-
-	byKey map[roleProfile]*attest.Reference
+// ManifestOptions are the pinned state keyd judges a manifest bundle with.
+type ManifestOptions struct {
+	// Keys are the pinned manifest signing keys (config.manifest_keys).
+	Keys []crypto.PublicKey
+	// LastAccepted is the security version in force: a lower one is
+	// denied before its references are indexed. Keyd.AcceptReferences
+	// checks again against the highest version in the store, which also
+	// survives restarts and spans replicas.
+	LastAccepted uint64
+	// Log verifies the bundle's transparency-log proof.
+	Log manifest.LogVerifier
+	// AllowNoLogProof accepts a bundle without a verified log proof
+	// (config.manifest_without_log_proof). It exists only until the Rekor
+	// verifier lands, and every such acceptance is logged at error level.
+	AllowNoLogProof bool
+	// Logger receives that warning; nil logs to stderr.
+	Logger *slog.Logger
 }
 
-// RoleReference is the reference of one profile for one role.
-type RoleReference struct {
-	Role      attest.Role       `json:"role"`
-	Reference *attest.Reference `json:"reference"`
+// SignedManifest is a manifest bundle that verified: a signature by a pinned
+// key over the payload (DSSE PAE) and, unless explicitly waived, a
+// transparency-log proof. The manifest's references are the node role's,
+// its keyd section the keyd role's (ARCHITECTURE §4.4). Rollback is judged
+// by Keyd.AcceptReferences against the highest version in the store.
+type SignedManifest struct {
+	m     *manifest.Manifest
+	keyID string
+	log   manifest.LogStatus
+	byKey map[roleProfile]*attest.Reference
 }
 
 type roleProfile struct {
@@ -53,78 +59,95 @@ type roleProfile struct {
 	profile string
 }
 
-var _ References = (*Manifest)(nil)
+var _ References = (*SignedManifest)(nil)
 
-// ParseManifest reads a manifest strictly: unknown fields, trailing data,
-// invalid references and duplicate (role, profile) pairs are errors.
-func ParseManifest(b []byte) (*Manifest, error) {
-	if len(b) > maxManifestSize {
-		return nil, fmt.Errorf("manifest: %d bytes, at most %d", len(b), maxManifestSize)
-	}
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
-	var m Manifest
-	if err := dec.Decode(&m); err != nil {
+// ParseSignedManifest verifies a bundle (internal/manifest.Verify: shape,
+// payload type, pinned-key signature, content, log proof) and indexes its
+// references by role and profile. Every failure is an attest denial.
+func ParseSignedManifest(bundle []byte, o ManifestOptions) (*SignedManifest, error) {
+	res, err := manifest.Verify(bundle, manifest.Options{Keys: o.Keys, LastAccepted: o.LastAccepted, Log: o.Log, AllowNoLogProof: o.AllowNoLogProof})
+	if err != nil {
 		return nil, fmt.Errorf("manifest: %w", err)
 	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return nil, errors.New("manifest: trailing data after the JSON object")
+	m := res.Manifest
+	if m.SecurityVersion == 0 {
+		// 0 is what a fresh store holds: a manifest must say which
+		// release it is, or revoke-version 0 could never withdraw it.
+		return nil, attest.Denyf(attest.ClassMalformed, "manifest: security_version 0, want ≥ 1")
 	}
-	if m.Format != ManifestFormat {
-		return nil, fmt.Errorf("manifest.format: %d, want %d", m.Format, ManifestFormat)
-	}
-	if m.Version == 0 {
-		return nil, errors.New("manifest.security_version: 0, want ≥ 1")
-	}
-	if len(m.References) == 0 {
-		return nil, errors.New("manifest.references: empty")
-	}
-	m.byKey = make(map[roleProfile]*attest.Reference, len(m.References))
-	for i, rr := range m.References {
-		if err := rr.Role.Validate(); err != nil {
-			return nil, fmt.Errorf("manifest.references[%d].role: %w", i, err)
+	s := &SignedManifest{m: m, keyID: res.KeyID, log: res.Log, byKey: map[roleProfile]*attest.Reference{}}
+	for _, set := range []struct {
+		role attest.Role
+		refs []attest.Reference
+	}{{attest.RoleNode, m.References}, {attest.RoleKeyd, m.Keyd}} {
+		for i := range set.refs {
+			// manifest.Validate already refused invalid and repeated
+			// profiles within a section.
+			s.byKey[roleProfile{set.role, set.refs[i].Profile}] = &set.refs[i]
 		}
-		if rr.Reference == nil {
-			return nil, fmt.Errorf("manifest.references[%d].reference: missing", i)
-		}
-		if err := rr.Reference.Validate(); err != nil {
-			return nil, fmt.Errorf("manifest.references[%d]: %w", i, err)
-		}
-		k := roleProfile{rr.Role, rr.Reference.Profile}
-		if _, dup := m.byKey[k]; dup {
-			return nil, fmt.Errorf("manifest.references[%d]: role %q profile %q listed twice", i, rr.Role, rr.Reference.Profile)
-		}
-		m.byKey[k] = rr.Reference
 	}
-	return &m, nil
+	if res.Log != manifest.LogVerified {
+		lg := o.Logger
+		if lg == nil {
+			lg = slog.New(slog.NewTextHandler(os.Stderr, nil))
+		}
+		lg.Error("MANIFEST ACCEPTED WITHOUT A TRANSPARENCY-LOG PROOF: nothing shows this manifest was published; "+
+			"config.manifest_without_log_proof is set", "log", string(res.Log), "key_id", res.KeyID,
+			"image_version", m.ImageVersion, "security_version", m.SecurityVersion)
+	}
+	return s, nil
 }
 
-// LoadManifest reads and parses a manifest file.
-func LoadManifest(path string) (*Manifest, error) {
+// LoadSignedManifest reads a bundle file and verifies it.
+func LoadSignedManifest(path string, o ManifestOptions) (*SignedManifest, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, maxManifestSize+1))
+	b, err := io.ReadAll(io.LimitReader(f, manifest.MaxSize+1))
 	if err != nil {
 		return nil, fmt.Errorf("manifest %s: %w", path, err)
 	}
-	m, err := ParseManifest(b)
+	s, err := ParseSignedManifest(b, o)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
-	return m, nil
+	return s, nil
+}
+
+// LoadManifestKeys reads PEM public keys (PKIX: Ed25519 or ECDSA P-256).
+func LoadManifestKeys(paths []string) ([]crypto.PublicKey, error) {
+	keys := make([]crypto.PublicKey, 0, len(paths))
+	for i, p := range paths {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return nil, fmt.Errorf("config.manifest_keys[%d]: %w", i, err)
+		}
+		k, err := manifest.ParsePublicKey(b)
+		if err != nil {
+			return nil, fmt.Errorf("config.manifest_keys[%d] %s: %w", i, p, err)
+		}
+		keys = append(keys, k)
+	}
+	return keys, nil
 }
 
 // Lookup implements References.
-func (m *Manifest) Lookup(role attest.Role, profile string) (*attest.Reference, error) {
-	r, ok := m.byKey[roleProfile{role, profile}]
+func (s *SignedManifest) Lookup(role attest.Role, profile string) (*attest.Reference, error) {
+	r, ok := s.byKey[roleProfile{role, profile}]
 	if !ok {
-		return nil, fmt.Errorf("manifest (security version %d): no reference for role %q profile %q", m.Version, role, profile)
+		return nil, fmt.Errorf("manifest %s (security version %d): no reference for role %q profile %q",
+			s.m.ImageVersion, s.m.SecurityVersion, role, profile)
 	}
 	return r, nil
 }
 
 // SecurityVersion implements References.
-func (m *Manifest) SecurityVersion() uint64 { return m.Version }
+func (s *SignedManifest) SecurityVersion() uint64 { return s.m.SecurityVersion }
+
+// KeyID is the keyid of the pinned key whose signature verified.
+func (s *SignedManifest) KeyID() string { return s.keyID }
+
+// LogStatus says whether a transparency-log proof was verified.
+func (s *SignedManifest) LogStatus() manifest.LogStatus { return s.log }

@@ -90,7 +90,14 @@ func Run(ctx context.Context, cfg *Config, logger *slog.Logger) error {
 			return fmt.Errorf("config.seal_key_file: %w", err)
 		}
 	}
-	man, err := LoadManifest(cfg.ManifestPath)
+	manKeys, err := LoadManifestKeys(cfg.ManifestKeys)
+	if err != nil {
+		return err
+	}
+	// No transparency-log verifier exists yet: without
+	// manifest_without_log_proof every manifest is refused, as it must be.
+	manOpts := ManifestOptions{Keys: manKeys, AllowNoLogProof: cfg.ManifestWithoutLogProof, Logger: logger}
+	man, err := LoadSignedManifest(cfg.ManifestPath, manOpts)
 	if err != nil {
 		return fmt.Errorf("config.manifest_path: %w", err)
 	}
@@ -133,7 +140,9 @@ func Run(ctx context.Context, cfg *Config, logger *slog.Logger) error {
 			case <-ctx.Done():
 				return
 			case <-hup:
-				m, err := LoadManifest(cfg.ManifestPath)
+				o := manOpts
+				o.LastAccepted = k.refs.Load().SecurityVersion()
+				m, err := LoadSignedManifest(cfg.ManifestPath, o)
 				if err == nil {
 					err = k.AcceptReferences(ctx, m)
 				}

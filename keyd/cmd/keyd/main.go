@@ -17,7 +17,10 @@ const usage = `usage: keyd --config /etc/palisade/keyd.json
 
 keyd admits attested nodes over mutual aTLS, hands them disk keys, mesh
 addresses and the peer set, and logs every decision to a Merkle log.
-SIGHUP reloads the manifest (never to a lower security version).
+SIGHUP reloads the manifest (never to a lower security version). The
+manifest is the signed bundle of "images sign", checked against
+manifest_keys; manifest_without_log_proof is required until keyd verifies
+transparency-log proofs, and is logged at error level on every load.
 
 Example configuration (docs/keyd.md lists every field):
 
@@ -25,6 +28,8 @@ Example configuration (docs/keyd.md lists every field):
    "listen": "0.0.0.0:7443", "metrics_listen": "127.0.0.1:9443",
    "state_path": "/var/lib/palisade/keyd/state.db",
    "manifest_path": "/etc/palisade/manifest.json",
+   "manifest_keys": ["/etc/palisade/manifest.pub.pem"],
+   "manifest_without_log_proof": true,
    "log_key_file": "/var/lib/palisade/keyd/log.key",
    "attester": {"platform": "sev-snp"},
    "roots": {"sev_snp": {"Milan": {"vcek_chain": "/etc/palisade/amd/Milan.pem"}},
