@@ -13,6 +13,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/palisade-cc/palisade/keyd/api"
+	"github.com/palisade-cc/palisade/verifier/config"
 )
 
 // TestInitJoinCluster: init → nodes join → cluster green, as one flow; a
@@ -101,6 +102,9 @@ func editNodes(f func(*api.Nodes)) func([]byte) []byte {
 	}
 }
 
+// TestDeny: each case starts from an honest cluster that `cluster`
+// passes (and whose checkpoint the owner stored), changes one thing, and
+// expects the exit code of its class and a message naming it.
 func TestDeny(t *testing.T) {
 	cases := []struct {
 		name  string
@@ -108,23 +112,52 @@ func TestDeny(t *testing.T) {
 		code  int
 		want  string
 	}{
-		{"forked-log", func(w *world, addr string, _ []*node) Env {
-			// Another keyd signs another history of the same size with the
-			// same log key: the owner saw the first.
+		{"forked-log", func(w *world, _ string, nodes []*node) Env {
+			// Another history, longer, signed with the same log key.
 			other := w.startKeyd("keyd-fork")
+			w.initDirect(other)
+			w.join(nodes[0], other)
+			w.join(nodes[1], other)
+			w.join(w.newNode("node-c"), other)
 			w.writeConfig(other)
-			w.run(Env{}, "init", other) // fails: files exist; init it directly
+			return Env{}
+		}, ExitLog, "consistency proof does not verify"},
+		{"same-size-fork", func(w *world, _ string, nodes []*node) Env {
+			other := w.startKeyd("keyd-fork")
+			w.initDirect(other)
+			w.join(nodes[1], other)
+			w.join(nodes[0], other)
+			w.writeConfig(other)
 			return Env{}
 		}, ExitLog, "forked"},
-		{"rolled-back-log", func(w *world, addr string, _ []*node) Env {
+		{"rolled-back-log", func(w *world, _ string, nodes []*node) Env {
 			other := w.startKeyd("keyd-old")
+			w.initDirect(other)
+			w.join(nodes[0], other)
 			w.writeConfig(other)
 			return Env{}
 		}, ExitLog, "rolled back"},
-		{"omitted-node", func(w *world, addr string, _ []*node) Env {
+		{"bad-checkpoint-signature", func(*world, string, []*node) Env {
+			return Env{Transport: rewrite(api.PathLogCheckpoint, func(b []byte) []byte {
+				// Change the root's first base64 character: still a
+				// well-formed checkpoint, no longer the signed one.
+				var r struct {
+					Checkpoint []byte `json:"checkpoint"`
+				}
+				json.Unmarshal(b, &r)
+				lines := bytes.SplitN(r.Checkpoint, []byte("\n"), 4)
+				if len(lines) == 4 && len(lines[2]) > 0 {
+					lines[2][0] ^= 0x01
+				}
+				r.Checkpoint = bytes.Join(lines, []byte("\n"))
+				out, _ := json.Marshal(r)
+				return out
+			})}
+		}, ExitLog, "not signed by the pinned log key"},
+		{"omitted-node", func(*world, string, []*node) Env {
 			return Env{Transport: rewrite(api.PathNodes, editNodes(func(n *api.Nodes) { n.Nodes = n.Nodes[:1] }))}
 		}, ExitLog, "missing from keyd's node list"},
-		{"revoked-listed-current", func(w *world, addr string, _ []*node) Env {
+		{"revoked-listed-current", func(w *world, _ string, _ []*node) Env {
 			if code, _, errs := w.run(Env{}, "revoke", "node-b"); code != 0 {
 				t.Fatalf("revoke: %s", errs)
 			}
@@ -134,20 +167,43 @@ func TestDeny(t *testing.T) {
 				}
 			}))}
 		}, ExitLog, "listed as current"},
-		{"evidence-changed", func(w *world, addr string, nodes []*node) Env {
+		{"wrong-log-index", func(*world, string, []*node) Env {
+			return Env{Transport: rewrite(api.PathNodes, editNodes(func(n *api.Nodes) { n.Nodes[0].LogIndex = n.Nodes[1].LogIndex }))}
+		}, ExitLog, "not this node's admission"},
+		{"registry-differs-from-record", func(*world, string, []*node) Env {
+			return Env{Transport: rewrite(api.PathNodes, editNodes(func(n *api.Nodes) { n.Nodes[0].Profile = "other" }))}
+		}, ExitLog, "registry says"},
+		{"evidence-changed", func(_ *world, _ string, nodes []*node) Env {
 			m := bytes.Repeat([]byte{0xee}, 48)
 			nodes[1].measurement.Store(&m)
 			return Env{}
 		}, ExitDenied, "node node-b: attestation denied (measurement)"},
-		{"node-unreachable", func(w *world, addr string, nodes []*node) Env {
-			return Env{Transport: rewrite(api.PathNodes, editNodes(func(n *api.Nodes) {}))}
-		}, ExitOK, ""},
-		{"bad-checkpoint-signature", func(w *world, addr string, _ []*node) Env {
-			return Env{Transport: rewrite(api.PathLogCheckpoint, func(b []byte) []byte {
-				return bytes.Replace(b, []byte("\n\n"), []byte("\n\n\u2014 x"), 0)
-			})}
-		}, ExitOK, ""},
+		{"node-hardware-differs", func(*world, string, []*node) Env {
+			return Env{Transport: rewrite(api.PathNodes, editNodes(func(n *api.Nodes) { n.Nodes[1].HardwareID = "00" }))}
+		}, ExitLog, "registry says"},
+		{"keyd-measurement", func(w *world, _ string, _ []*node) Env {
+			r, _ := config.ParseReferences(w.refs)
+			r.References[0].Reference.SNP.Measurement = bytes.Repeat([]byte{1}, 48)
+			b, _ := json.Marshal(r)
+			write(t, filepath.Join(w.dir, "references.json"), b)
+			return Env{}
+		}, ExitDenied, "attestation denied (measurement)"},
+		{"node-unreachable", func(*world, string, []*node) Env {
+			return Env{Transport: rewrite(api.PathNodes, editNodes(func(n *api.Nodes) { n.Nodes[1].Endpoints = []string{"127.0.0.250:1"} }))}
+		}, ExitUnreachable, "connection refused"},
 	}
-	_ = cases
-	t.Skip("filled in below")
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			w := newWorld(t)
+			addr, nodes := w.honest()
+			if code, out, errs := w.run(Env{}, "cluster", addr); code != ExitOK {
+				t.Fatalf("honest cluster: exit %d\n%s%s", code, out, errs)
+			}
+			e := c.setup(w, addr, nodes)
+			code, out, errs := w.run(e, "cluster")
+			if code != c.code || !strings.Contains(errs, c.want) {
+				t.Errorf("exit %d, want %d with %q\nstdout:\n%s\nstderr:\n%s", code, c.code, c.want, out, errs)
+			}
+		})
+	}
 }

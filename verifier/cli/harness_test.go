@@ -261,3 +261,26 @@ func (k keydRefs) Lookup(role attest.Role, profile string) (*attest.Reference, e
 	return k.r.Lookup(role, profile)
 }
 func (k keydRefs) SecurityVersion() uint64 { return k.r.SecurityVersion }
+
+// initDirect initialises the keyd at addr with a fresh secret, not through
+// the CLI (whose files already exist).
+func (w *world) initDirect(addr string) {
+	w.t.Helper()
+	c, err := config.Load(w.dir)
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	cfg, err := atlsConfig(c, acceptKeyd)
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	cl, err := api.NewClient(addr, cfg)
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	defer cl.Close()
+	pub, _, _ := ed25519.GenerateKey(nil)
+	if err := cl.Init(ctxT(w.t), &api.InitRequest{ClusterID: testCluster, MasterSecret: make([]byte, 32), OwnerKey: pub}); err != nil {
+		w.t.Fatal(err)
+	}
+}
