@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http/httptest"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -283,6 +284,28 @@ func TestHostMesh(t *testing.T) {
 			}
 		}
 	}
+	// Status and metrics show WireGuard's own numbers after the traffic.
+	mon := &Monitor{Applier: nodes[0].applier}
+	st, err := mon.Status()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(st.Peers) != 2 {
+		t.Fatalf("status of %s: %d peers, want 2", nodes[0].ns, len(st.Peers))
+	}
+	for _, p := range st.Peers {
+		if p.NodeID == "" || p.LastHandshake.IsZero() || p.RxBytes == 0 || p.TxBytes == 0 {
+			t.Errorf("status peer %+v: want node ID, a handshake and bytes both ways", p)
+		}
+	}
+	rec := httptest.NewRecorder()
+	mon.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	for _, want := range []string{"meshd_peers 2", "meshd_peer_handshake_age_seconds{key=", `meshd_peer_receive_bytes_total{key="` + nodes[1].key.PublicKey().String() + `",node="` + nodes[1].ns + `"}`} {
+		if !strings.Contains(rec.Body.String(), want) {
+			t.Errorf("metrics lack %q:\n%s", want, rec.Body.String())
+		}
+	}
+
 	// The unlisted node gets nowhere: node 1 has no peer with its key.
 	if err := rogue.talk(nodes[0].mesh6, 2*time.Second); err == nil {
 		t.Error("an unlisted node reached an admitted node over the mesh")

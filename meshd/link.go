@@ -109,3 +109,36 @@ func addAddr(c *netlink.Conn, idx int, p netip.Prefix) error {
 	}
 	return err
 }
+
+// CreateWireGuard creates a kernel WireGuard interface named ifname
+// (rtnetlink RTM_NEWLINK, IFLA_INFO_KIND "wireguard"); an existing one is kept
+// as it is, so a restarted meshd does not flap the mesh.
+func (l Link) CreateWireGuard(ifname string) error {
+	c, err := netlink.Dial(unix.NETLINK_ROUTE, &netlink.Config{NetNS: l.NetNS})
+	if err != nil {
+		return fmt.Errorf("rtnetlink: %w", err)
+	}
+	defer c.Close()
+	ae := netlink.NewAttributeEncoder()
+	ae.String(unix.IFLA_IFNAME, ifname)
+	ae.Nested(unix.IFLA_LINKINFO, func(n *netlink.AttributeEncoder) error {
+		n.String(unix.IFLA_INFO_KIND, "wireguard")
+		return nil
+	})
+	attrs, err := ae.Encode()
+	if err != nil {
+		return err
+	}
+	_, err = c.Execute(netlink.Message{
+		Header: netlink.Header{Type: unix.RTM_NEWLINK, Flags: netlink.Request | netlink.Acknowledge | netlink.Create | netlink.Excl},
+		Data:   append(make([]byte, unix.SizeofIfInfomsg), attrs...),
+	})
+	var oe *netlink.OpError
+	if errors.As(err, &oe) && errors.Is(oe.Err, unix.EEXIST) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("create WireGuard interface %s: %w", ifname, err)
+	}
+	return nil
+}

@@ -342,7 +342,9 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 func TestFollower(t *testing.T) {
 	self, a, b := newKey(t), newKey(t), newKey(t)
 	k := newFakeKeyd(t)
-	k.update(func(s *api.PeerSet) { s.Peers = []api.Peer{peer("self", self, 1, ""), peer("a", a, 2, "192.0.2.2:51820")} })
+	k.update(func(s *api.PeerSet) {
+		s.Peers = []api.Peer{peer("self", self, 1, ""), peer("a", a, 2, "192.0.2.2:51820")}
+	})
 	wg := &fakeWG{}
 	ap := &Applier{WG: wg, Interface: "wgt", PrivateKey: self}
 	now := time.Unix(1000, 0)
@@ -460,4 +462,3 @@ func TestLoadOrCreateKey(t *testing.T) {
 		t.Errorf("temporary files left: %v", ents)
 	}
 }
-
