@@ -172,6 +172,21 @@ func TestApplyDiff(t *testing.T) {
 		t.Errorf("apply after roaming: %+v %v, want no change", ch, err)
 	}
 
+	// 3b: a pre-shared key someone else set on a is dropped.
+	for i := range wg.dev.Peers {
+		if wg.dev.Peers[i].PublicKey == a.PublicKey() {
+			wg.dev.Peers[i].PresharedKey = newKey(t)
+		}
+	}
+	if ch, err := ap.Apply(ctx, set); err != nil || ch != (Change{Updated: 1}) {
+		t.Errorf("apply over a foreign pre-shared key: %+v %v, want one update", ch, err)
+	}
+	for _, p := range wg.dev.Peers {
+		if p.PresharedKey != (wgtypes.Key{}) {
+			t.Errorf("peer %v keeps a pre-shared key meshd did not set", p.PublicKey)
+		}
+	}
+
 	// 4: b revoked, c admitted, a's IPv4 changed: one remove, one add,
 	// one update; a's session is kept (update-only, no remove).
 	set2 := &api.PeerSet{Revision: 2, Peers: []api.Peer{peer("self", self, 1, ""), peer("a", a, 2, "192.0.2.2:51820"), peer("c", c, 4, "192.0.2.4:51820")}}

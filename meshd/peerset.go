@@ -42,12 +42,9 @@ func desiredSet(set *api.PeerSet, self wgtypes.Key) (map[wgtypes.Key]desiredPeer
 			return nil, fmt.Errorf("%s.node_id %q: listed twice", where, p.NodeID)
 		}
 		ids[p.NodeID] = true
-		if len(p.WireGuardKey) != wgtypes.KeyLen {
-			return nil, fmt.Errorf("%s (%s).wireguard_key: %d bytes, want %d", where, p.NodeID, len(p.WireGuardKey), wgtypes.KeyLen)
-		}
-		k, err := wgtypes.NewKey(p.WireGuardKey)
+		k, err := wgtypes.NewKey(p.WireGuardKey) // checks the length
 		if err != nil {
-			return nil, fmt.Errorf("%s (%s).wireguard_key: %w", where, p.NodeID, err)
+			return nil, fmt.Errorf("%s (%s).wireguard_key: %d bytes: %w", where, p.NodeID, len(p.WireGuardKey), err)
 		}
 		if k == (wgtypes.Key{}) {
 			return nil, fmt.Errorf("%s (%s).wireguard_key: all zero", where, p.NodeID)
