@@ -207,3 +207,17 @@ func TestDeny(t *testing.T) {
 		})
 	}
 }
+
+// TestHelp: every command's --help exits 0 and shows an example.
+func TestHelp(t *testing.T) {
+	for _, c := range commands() {
+		var out, errb bytes.Buffer
+		code := Run(t.Context(), []string{c.name, "--help"}, Env{Stdout: &out, Stderr: &errb})
+		if code != ExitOK || !strings.Contains(errb.String(), "example:\n  verifier "+c.name) {
+			t.Errorf("%s --help: exit %d\n%s", c.name, code, errb.String())
+		}
+	}
+	if code := Run(t.Context(), []string{"nonsense"}, Env{Stdout: io.Discard, Stderr: io.Discard}); code != ExitUsage {
+		t.Errorf("unknown command: exit %d, want %d", code, ExitUsage)
+	}
+}
