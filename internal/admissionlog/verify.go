@@ -1,4 +1,4 @@
-package auditlog
+package admissionlog
 
 import (
 	"bytes"
@@ -49,7 +49,8 @@ func (c Checkpoint) Body() []byte {
 	return fmt.Appendf(nil, "%s\n%d\n%s\n", c.Origin, c.Size, base64.StdEncoding.EncodeToString(c.Root[:]))
 }
 
-func validOrigin(origin string) error {
+// ValidOrigin checks a log origin: it doubles as the note key name.
+func ValidOrigin(origin string) error {
 	// The origin doubles as the note key name, so it follows note's rules
 	// for names (no whitespace, no '+') as well as C2SP's (one line).
 	if origin == "" || strings.ContainsAny(origin, "+") || strings.ContainsFunc(origin, func(r rune) bool {
@@ -70,7 +71,7 @@ func ParseCheckpoint(body []byte) (Checkpoint, error) {
 	if len(lines) != 4 || lines[3] != "" {
 		return Checkpoint{}, fmt.Errorf("%w: checkpoint body has %d lines, want origin, size and root", ErrMalformed, len(lines)-1)
 	}
-	if err := validOrigin(lines[0]); err != nil {
+	if err := ValidOrigin(lines[0]); err != nil {
 		return Checkpoint{}, fmt.Errorf("%w: checkpoint %v", ErrMalformed, err)
 	}
 	size, err := strconv.ParseInt(lines[1], 10, 64)
@@ -192,7 +193,7 @@ func ParseProof(b []byte) ([]tlog.Hash, error) {
 // NewSigner returns the note signer for a log's checkpoints, named by the
 // log's origin, and the verifier key clients pin (note's "name+hash+key").
 func NewSigner(origin string, key ed25519.PrivateKey) (note.Signer, string, error) {
-	if err := validOrigin(origin); err != nil {
+	if err := ValidOrigin(origin); err != nil {
 		return nil, "", err
 	}
 	if len(key) != ed25519.PrivateKeySize {

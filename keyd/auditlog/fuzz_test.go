@@ -93,7 +93,7 @@ func FuzzProofs(f *testing.F) {
 
 // FuzzParseRecord: records are parsed by clients reading entries.
 func FuzzParseRecord(f *testing.F) {
-	b, err := record(3).withTime(t0).Marshal()
+	b, err := withTime(record(3), t0).Marshal()
 	if err != nil {
 		f.Fatal(err)
 	}

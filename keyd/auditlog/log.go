@@ -12,6 +12,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"github.com/palisade-cc/palisade/internal/admissionlog"
 	"time"
 
 	"golang.org/x/mod/sumdb/note"
@@ -54,7 +55,7 @@ func New(st store.Store, origin string, signer note.Signer) (*Log, error) {
 	if st == nil {
 		return nil, errors.New("audit log: nil store")
 	}
-	if err := validOrigin(origin); err != nil {
+	if err := admissionlog.ValidOrigin(origin); err != nil {
 		return nil, fmt.Errorf("audit log: %w", err)
 	}
 	if signer == nil {

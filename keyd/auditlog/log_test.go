@@ -130,7 +130,7 @@ func TestRoundTrip(t *testing.T) {
 		if idx != int64(i) {
 			t.Fatalf("Append %d returned index %d", i, idx)
 		}
-		leaf, _ := record(i).withTime(t0.Add(time.Duration(i+1) * time.Second)).Marshal()
+		leaf, _ := withTime(record(i), t0.Add(time.Duration(i+1)*time.Second)).Marshal()
 		leaves = append(leaves, leaf)
 		hs, err := tlog.StoredHashes(int64(i), leaf, memReader)
 		if err != nil {
@@ -181,7 +181,7 @@ func TestRoundTrip(t *testing.T) {
 	}
 }
 
-func (r Record) withTime(tm time.Time) Record { r.Time = tm; return r }
+func withTime(r Record, tm time.Time) Record { r.Time = tm; return r }
 
 func TestProofArgumentErrors(t *testing.T) {
 	f := newFixture(t)
@@ -335,7 +335,7 @@ func TestNewChecks(t *testing.T) {
 }
 
 func TestRecordCanonical(t *testing.T) {
-	r := record(7).withTime(time.Date(2026, 3, 1, 13, 0, 0, 5, time.FixedZone("CET", 3600)))
+	r := withTime(record(7), time.Date(2026, 3, 1, 13, 0, 0, 5, time.FixedZone("CET", 3600)))
 	b, err := r.Marshal()
 	if err != nil {
 		t.Fatal(err)
@@ -348,7 +348,7 @@ func TestRecordCanonical(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if diff := cmp.Diff(r.withTime(r.Time.UTC()), got); diff != "" {
+	if diff := cmp.Diff(withTime(r, r.Time.UTC()), got); diff != "" {
 		t.Errorf("round trip (-want +got):\n%s", diff)
 	}
 	for name, bad := range map[string]string{

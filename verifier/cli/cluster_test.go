@@ -153,7 +153,7 @@ func TestDeny(t *testing.T) {
 				out, _ := json.Marshal(r)
 				return out
 			})}
-		}, ExitLog, "not signed by the pinned log key"},
+		}, ExitLog, "not signed by the log key"},
 		{"omitted-node", func(*world, string, []*node) Env {
 			return Env{Transport: rewrite(api.PathNodes, editNodes(func(n *api.Nodes) { n.Nodes = n.Nodes[:1] }))}
 		}, ExitLog, "missing from keyd's node list"},

@@ -64,7 +64,7 @@ func (l *testLog) checkpoint(t testing.TB, size int64) []byte {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := Checkpoint{origin, size, root}
+	c := Checkpoint{Origin: origin, Size: size, Root: root}
 	msg, err := note.Sign(&note.Note{Text: fmt.Sprintf("%s\n%d\n%s\n", c.Origin, c.Size, root)}, l.signer)
 	if err != nil {
 		t.Fatal(err)
@@ -114,7 +114,7 @@ func TestChecks(t *testing.T) {
 	for _, lf := range other.leaves {
 		forked.add(t, lf)
 	}
-	fc := Checkpoint{origin, 7, mustRoot(t, forked, 7)}
+	fc := Checkpoint{Origin: origin, Size: 7, Root: mustRoot(t, forked, 7)}
 	for _, c := range []struct {
 		name string
 		err  error
