@@ -4,7 +4,7 @@ GO ?= go
 FUZZTIME ?= 60s
 export CGO_ENABLED := 1
 
-.PHONY: all build test test-unit test-fuzz test-vm bench bench-keyd bench-provisioner fuzz image firmware demo deps clean help
+.PHONY: all build test test-unit test-fuzz test-vm bench bench-keyd bench-provisioner bench-mesh fuzz image firmware demo deps clean help
 
 all: build
 
@@ -18,7 +18,8 @@ help:
 	@echo "make bench-keyd  keyd admissions/s vs the floor, join storms"
 	@echo "make bench-provisioner  DHCP/TFTP/HTTP against kea, dnsmasq, tftpd-hpa, atftpd, nginx"
 	@echo "make build       build every command into bin/"
-	@echo "make image       build the reproducible UKI and its manifest (PROFILE=production|debug)"
+	@echo "make image       build the reproducible UKI and its manifest (PROFILE=production|debug;"
+	@echo "                 FIRMWARE=1 also builds OVMF and adds SEV-SNP launch digests)"
 	@echo "make firmware    build OVMF for SEV-SNP and TDX from the pinned edk2 source"
 
 deps:
@@ -50,6 +51,9 @@ bench: deps
 bench-keyd: deps
 	bench/keyd.sh
 
+bench-mesh: deps
+	bench/mesh.sh
+
 # DHCP vs kea and dnsmasq, TFTP vs tftpd-hpa and atftpd, HTTP vs nginx, and a
 # 1000-client PXE boot storm.
 bench-provisioner: deps
@@ -66,6 +70,7 @@ firmware:
 
 image:
 	@scripts/deps.sh image
+	@if [ "$(FIRMWARE)" = 1 ]; then scripts/deps.sh firmware; fi
 	@scripts/image.sh $(or $(PROFILE),production)
 
 demo: deps

@@ -2,7 +2,9 @@
 # Build Palisade's measured image reproducibly (docs/images.md).
 #   scripts/image.sh [production|debug]      outputs in out/image/<profile>/
 # Environment: SOURCE_DATE_EPOCH (default: the last commit's time),
-# MANIFEST_PUB (PEM public key compiled into the image), VERSION.
+# MANIFEST_PUB (PEM public key compiled into the image), VERSION,
+# FIRMWARE (a directory from scripts/firmware.sh: SEV-SNP references are then
+# computed; `make image FIRMWARE=1` builds or reuses it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 profile=${1:-production}
@@ -17,6 +19,10 @@ mkdir -p out/image
 go build -trimpath -buildvcs=false -o out/image/images ./images/cmd/images
 args=(--profile "$profile" --version "${VERSION:-dev}" --out out/image --cache out/image/cache)
 [ -n "${MANIFEST_PUB:-}" ] && args+=(--manifest-key "$MANIFEST_PUB")
+if [ "${FIRMWARE:-}" = 1 ]; then
+	FIRMWARE=$(scripts/firmware.sh | tail -n 1)
+fi
+[ -n "${FIRMWARE:-}" ] && args+=(--firmware "$FIRMWARE")
 start=$(date +%s)
 out/image/images build "${args[@]}"
 echo "image: $profile built in $(( $(date +%s) - start )) s: $(sha256sum out/image/$profile/palisade.efi)"
