@@ -5,15 +5,10 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
-	"encoding/binary"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"hash"
 	"io"
-	"net"
 	"net/http"
-	"net/netip"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -25,174 +20,13 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/insomniacslk/dhcp/dhcpv4"
-	"github.com/insomniacslk/dhcp/iana"
-	"golang.org/x/sys/unix"
 
 	"github.com/palisade-cc/palisade/provisioner"
 	"github.com/palisade-cc/palisade/provisioner/config"
 	"github.com/palisade-cc/palisade/provisioner/inventory"
+	"github.com/palisade-cc/palisade/provisioner/pxetest"
 	"github.com/palisade-cc/palisade/provisioner/tftp"
 )
-
-// The storm test's simulated UEFI machines. This is a copy of bench/storm's
-// client (nothing may import bench/, ARCHITECTURE §2 rule 6), split in two
-// phases so every machine holds its offer before any file is fetched.
-
-// Vendor classes as UEFI firmware sends them (PXE 2.1 option 60
-// "PXEClient:Arch:xxxxx:UNDI:yyyzzz"; UEFI HTTP boot sends HTTPClient).
-const (
-	vendorPXE  = "PXEClient:Arch:00007:UNDI:003016"
-	vendorHTTP = "HTTPClient:Arch:00016:UNDI:003001"
-)
-
-// dhcpSocket is one UDP :68 socket shared by every simulated client, bound
-// to one interface with SO_BINDTODEVICE (like perfdhcp, many clients share
-// a socket; answers are demultiplexed by xid). Replies come as broadcasts to
-// 255.255.255.255:68 (RFC 2131 §4.1: clients without an address).
-type dhcpSocket struct {
-	conn *net.UDPConn
-	mu   sync.Mutex
-	wait map[dhcpv4.TransactionID]chan *dhcpv4.DHCPv4
-}
-
-func listenDHCP(ctx context.Context, iface string) (*dhcpSocket, error) {
-	lc := net.ListenConfig{Control: func(_, _ string, rc syscall.RawConn) error {
-		var serr error
-		err := rc.Control(func(fd uintptr) {
-			if serr = unix.SetsockoptString(int(fd), unix.SOL_SOCKET, unix.SO_BINDTODEVICE, iface); serr != nil {
-				serr = fmt.Errorf("SO_BINDTODEVICE %s: %w", iface, serr)
-				return
-			}
-			if serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_BROADCAST, 1); serr != nil {
-				serr = fmt.Errorf("SO_BROADCAST: %w", serr)
-				return
-			}
-			// A storm's answers arrive in bursts; the kernel drops what
-			// does not fit (FORCE needs CAP_NET_ADMIN, which the
-			// namespace-creating root has).
-			if unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 8<<20) != nil {
-				_ = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, 8<<20)
-			}
-		})
-		if err != nil {
-			return err
-		}
-		return serr
-	}}
-	pc, err := lc.ListenPacket(ctx, "udp4", "0.0.0.0:68")
-	if err != nil {
-		return nil, fmt.Errorf("dhcp client socket on %s: %w", iface, err)
-	}
-	s := &dhcpSocket{conn: pc.(*net.UDPConn), wait: map[dhcpv4.TransactionID]chan *dhcpv4.DHCPv4{}}
-	go s.read()
-	return s, nil
-}
-
-func (s *dhcpSocket) Close() error { return s.conn.Close() }
-
-func (s *dhcpSocket) read() {
-	buf := make([]byte, 1500)
-	for {
-		n, _, err := s.conn.ReadFromUDPAddrPort(buf)
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return
-			}
-			continue
-		}
-		m, err := dhcpv4.FromBytes(buf[:n])
-		if err != nil || m.OpCode != dhcpv4.OpcodeBootReply {
-			continue
-		}
-		s.mu.Lock()
-		ch := s.wait[m.TransactionID]
-		s.mu.Unlock()
-		if ch != nil {
-			select {
-			case ch <- m:
-			default: // a duplicate the client is not waiting for
-			}
-		}
-	}
-}
-
-// exchange broadcasts m and waits for a reply of type want with m's xid and
-// chaddr, retransmitting with the RFC 2131 §4.1 backoff (first wait
-// `first`, doubling) at most tries times.
-func (s *dhcpSocket) exchange(ctx context.Context, m *dhcpv4.DHCPv4, want dhcpv4.MessageType, first time.Duration, tries int) (*dhcpv4.DHCPv4, int, error) {
-	ch := make(chan *dhcpv4.DHCPv4, 4)
-	s.mu.Lock()
-	s.wait[m.TransactionID] = ch
-	s.mu.Unlock()
-	defer func() {
-		s.mu.Lock()
-		delete(s.wait, m.TransactionID)
-		s.mu.Unlock()
-	}()
-	dst := &net.UDPAddr{IP: net.IPv4bcast, Port: 67}
-	wait := first
-	for try := 1; try <= tries; try++ {
-		if _, err := s.conn.WriteToUDP(m.ToBytes(), dst); err != nil {
-			return nil, try, fmt.Errorf("send %s: %w", m.MessageType(), err)
-		}
-		t := time.NewTimer(wait)
-	recv:
-		for {
-			select {
-			case <-ctx.Done():
-				t.Stop()
-				return nil, try, ctx.Err()
-			case r := <-ch:
-				if r.MessageType() == dhcpv4.MessageTypeNak {
-					t.Stop()
-					return nil, try, fmt.Errorf("NAK to %s: %s", m.MessageType(), r.Message())
-				}
-				if r.MessageType() == want && net.HardwareAddr(r.ClientHWAddr).String() == net.HardwareAddr(m.ClientHWAddr).String() {
-					t.Stop()
-					return r, try, nil
-				}
-			case <-t.C:
-				break recv
-			}
-		}
-		wait *= 2
-	}
-	return nil, tries, fmt.Errorf("no %s after %d %s", want, tries, m.MessageType())
-}
-
-func httpGet(ctx context.Context, c *http.Client, url string, w io.Writer) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err != nil {
-		return err
-	}
-	resp, err := c.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("GET %s: %s", url, resp.Status)
-	}
-	_, err = io.Copy(w, resp.Body)
-	return err
-}
-
-type countingWriter struct {
-	h hash.Hash
-	n int64
-}
-
-func (w *countingWriter) Write(p []byte) (int, error) {
-	w.n += int64(len(p))
-	return w.h.Write(p)
-}
-
-// stormMachine is one simulated UEFI machine.
-type stormMachine struct {
-	MAC  net.HardwareAddr
-	UUID [16]byte
-	HTTP bool
-}
 
 // stormResult is what one machine saw; it crosses the process boundary as JSON.
 type stormResult struct {
@@ -205,77 +39,6 @@ type stormResult struct {
 	SHA256 string `json:"sha256"`
 	Stage  string `json:"stage,omitempty"`
 	Err    string `json:"err,omitempty"`
-}
-
-func newStormMachine(i int, http bool) stormMachine {
-	c := stormMachine{MAC: net.HardwareAddr{0x02, 0x53, 0, 0, 0, 0}, HTTP: http}
-	binary.BigEndian.PutUint32(c.MAC[2:], uint32(i))
-	binary.BigEndian.PutUint32(c.UUID[:], 0x53746f72)
-	binary.BigEndian.PutUint32(c.UUID[12:], uint32(i))
-	c.UUID[6], c.UUID[8] = 0x40, 0x80
-	return c
-}
-
-func (c stormMachine) modifiers() []dhcpv4.Modifier {
-	arch, vendor := iana.EFI_X86_64, vendorPXE
-	if c.HTTP {
-		arch, vendor = iana.EFI_X86_64_HTTP, vendorHTTP
-	}
-	return []dhcpv4.Modifier{
-		dhcpv4.WithBroadcast(true),
-		dhcpv4.WithOption(dhcpv4.OptClientArch(arch)),
-		dhcpv4.WithOption(dhcpv4.OptClassIdentifier(vendor)),
-		// Option 97: type 0, then the 16-byte UUID (RFC 4578 §2.5).
-		dhcpv4.WithOption(dhcpv4.OptGeneric(dhcpv4.OptionClientMachineIdentifier, append([]byte{0}, c.UUID[:]...))),
-	}
-}
-
-// dora runs DISCOVER/OFFER/REQUEST/ACK and returns the ACK.
-func (c stormMachine) dora(ctx context.Context, s *dhcpSocket) (*dhcpv4.DHCPv4, string, error) {
-	d, err := dhcpv4.NewDiscovery(c.MAC, c.modifiers()...)
-	if err != nil {
-		return nil, "dhcp-offer", err
-	}
-	offer, _, err := s.exchange(ctx, d, dhcpv4.MessageTypeOffer, time.Second, 4)
-	if err != nil {
-		return nil, "dhcp-offer", err
-	}
-	req, err := dhcpv4.NewRequestFromOffer(offer, c.modifiers()...)
-	if err != nil {
-		return nil, "dhcp-ack", err
-	}
-	ack, _, err := s.exchange(ctx, req, dhcpv4.MessageTypeAck, time.Second, 4)
-	if err != nil {
-		return nil, "dhcp-ack", err
-	}
-	return ack, "", nil
-}
-
-// fetch downloads the file the ACK names, as the firmware would: TFTP from
-// siaddr:69 with blksize 1468 and windowsize 16, or the HTTP URL (only when
-// the ACK says HTTPClient in option 60, UEFI 2.x §24.7).
-func (c stormMachine) fetch(ctx context.Context, ack *dhcpv4.DHCPv4, r *stormResult) (string, error) {
-	r.File = ack.BootFileName
-	if r.File == "" {
-		return "boot-answer", errors.New("ACK carries no boot file")
-	}
-	h := sha256.New()
-	cw := &countingWriter{h: h}
-	defer func() { r.Bytes, r.SHA256 = cw.n, fmt.Sprintf("%x", h.Sum(nil)) }()
-	if c.HTTP {
-		if ack.ClassIdentifier() != "HTTPClient" {
-			return "boot-answer", fmt.Errorf("HTTP boot ACK has option 60 %q, want HTTPClient", ack.ClassIdentifier())
-		}
-		hc := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
-		return "http", httpGet(ctx, hc, r.File, cw)
-	}
-	next, ok := netip.AddrFromSlice(ack.ServerIPAddr.To4())
-	if !ok || next.IsUnspecified() {
-		return "boot-answer", errors.New("ACK carries no next-server (siaddr)")
-	}
-	r.Next = next.String()
-	_, err := tftp.Get(ctx, netip.AddrPortFrom(next, 69), r.File, cw, tftp.ClientOptions{BlockSize: 1468, WindowSize: 16, TSize: true})
-	return "tftp", err
 }
 
 // Storm test addresses: a private /16 that exists only inside the test's
@@ -418,7 +181,7 @@ func TestStorm(t *testing.T) {
 	var got, want []stormResult
 	wantStates := map[string]inventory.State{}
 	for i := range stormTFTP + stormHTTP {
-		c := newStormMachine(i+1, i >= stormTFTP)
+		c := pxetest.NewMachine(i+1, i >= stormTFTP)
 		w := stormResult{MAC: c.MAC.String(), HTTP: c.HTTP, File: "uki.efi", Next: stormServerIP, Bytes: int64(len(image)), SHA256: sum}
 		if c.HTTP {
 			w.File, w.Next = "http://"+stormServerIP+":8080/uki.efi", ""
@@ -495,7 +258,7 @@ func stormClients(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	s, err := listenDHCP(ctx, "vcli")
+	s, err := pxetest.Listen(ctx, "vcli")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -506,10 +269,10 @@ func stormClients(t *testing.T) {
 	acks := make([]*dhcpv4.DHCPv4, n)
 	var wg sync.WaitGroup
 	for i := range n {
-		c := newStormMachine(i+1, i >= stormTFTP)
+		c := pxetest.NewMachine(i+1, i >= stormTFTP)
 		res[i] = stormResult{MAC: c.MAC.String(), HTTP: c.HTTP}
 		wg.Go(func() {
-			ack, stage, err := c.dora(ctx, s)
+			ack, _, stage, err := c.DORA(ctx, s, time.Second, 4)
 			if err != nil {
 				res[i].Stage, res[i].Err = stage, err.Error()
 				return
@@ -523,9 +286,15 @@ func stormClients(t *testing.T) {
 		if acks[i] == nil {
 			continue
 		}
-		c := newStormMachine(i+1, i >= stormTFTP)
+		c := pxetest.NewMachine(i+1, i >= stormTFTP)
 		wg.Go(func() {
-			if stage, err := c.fetch(ctx, acks[i], &res[i]); err != nil {
+			f, stage, err := c.Fetch(ctx, acks[i], tftp.ClientOptions{BlockSize: 1468, WindowSize: 16, TSize: true},
+				&http.Client{Transport: &http.Transport{DisableKeepAlives: true}})
+			res[i].File, res[i].Bytes, res[i].SHA256 = f.File, f.Bytes, fmt.Sprintf("%x", f.SHA256)
+			if f.Next.IsValid() {
+				res[i].Next = f.Next.String()
+			}
+			if err != nil {
 				res[i].Stage, res[i].Err = stage, err.Error()
 			}
 		})

@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"github.com/palisade-cc/palisade/provisioner/pxetest"
 	"io"
 	"maps"
 	"net/http"
@@ -55,7 +56,7 @@ func run(iface string, n, httpEvery int, spread time.Duration, image, report str
 	wantSum := sha256.Sum256(want)
 	ctx, cancel := context.WithTimeout(context.Background(), deadline)
 	defer cancel()
-	s, err := listenDHCP(ctx, iface)
+	s, err := pxetest.Listen(ctx, iface)
 	if err != nil {
 		return err
 	}
