@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/palisade-cc/palisade/internal/roots"
 	"io"
 	"net"
 	"net/url"
@@ -137,30 +138,12 @@ func (s StoreConfig) validate(statePath string) error {
 	return nil
 }
 
-// RootsConfig pins the roots of each platform keyd verifies; a platform
-// without roots is not verified at all (its peers are denied).
-type RootsConfig struct {
-	// TPMRoots and TPMIntermediates are PEM files of EK CAs.
-	TPMRoots         string `json:"tpm_roots,omitempty"`
-	TPMIntermediates string `json:"tpm_intermediates,omitempty"`
-	// SNP maps an AMD product line ("Milan", "Genoa", "Turin") to its
-	// KDS cert_chain files.
-	SNP map[string]SNPRoots `json:"sev_snp,omitempty"`
-	// SNPCollateralDir is the offline KDS bundle (snp.Collateral.Dir).
-	SNPCollateralDir string `json:"sev_snp_collateral_dir,omitempty"`
-	// TDXRoot is a PEM file of the Intel SGX root CA (or a test root).
-	TDXRoot string `json:"tdx_root,omitempty"`
-	// TDXCollateralDir is the offline PCS bundle (tdx.Bundle).
-	TDXCollateralDir string `json:"tdx_collateral_dir,omitempty"`
-	// TDXAcceptTCB lists TCB statuses accepted besides UpToDate.
-	TDXAcceptTCB []string `json:"tdx_accept_tcb,omitempty"`
-}
+// RootsConfig pins the roots of each platform keyd verifies (internal/roots,
+// the same section the owner's verifier reads).
+type RootsConfig = roots.Config
 
 // SNPRoots are the KDS cert_chain files of one product.
-type SNPRoots struct {
-	VCEKChain string `json:"vcek_chain"`
-	VLEKChain string `json:"vlek_chain,omitempty"`
-}
+type SNPRoots = roots.SNP
 
 // Limits bound what peers can make keyd do.
 type Limits struct {
@@ -258,26 +241,8 @@ func (c *Config) Validate() error {
 	if err := c.Attester.Platform.Validate(); err != nil {
 		return fmt.Errorf("config.attester.platform: %w", err)
 	}
-	r := c.Roots
-	if r.TPMRoots == "" && len(r.SNP) == 0 && r.TDXRoot == "" {
-		return errors.New("config.roots: no platform has roots; set tpm_roots, sev_snp or tdx_root")
-	}
-	if r.TPMIntermediates != "" && r.TPMRoots == "" {
-		return errors.New("config.roots.tpm_intermediates: set without tpm_roots")
-	}
-	for prod, s := range r.SNP {
-		if prod != "Milan" && prod != "Genoa" && prod != "Turin" {
-			return fmt.Errorf("config.roots.sev_snp[%q]: want Milan, Genoa or Turin", prod)
-		}
-		if s.VCEKChain == "" {
-			return fmt.Errorf("config.roots.sev_snp[%q].vcek_chain: empty", prod)
-		}
-	}
-	if len(r.SNP) > 0 && r.SNPCollateralDir == "" {
-		return errors.New("config.roots.sev_snp_collateral_dir: empty, but sev_snp roots are set (CRLs come from it)")
-	}
-	if r.TDXRoot != "" && r.TDXCollateralDir == "" {
-		return errors.New("config.roots.tdx_collateral_dir: empty, but tdx_root is set")
+	if err := c.Roots.Validate(); err != nil {
+		return fmt.Errorf("config.%w", err)
 	}
 	return c.Limits.validate()
 }

@@ -4,9 +4,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
-	"crypto/x509"
 	"encoding/hex"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -105,7 +103,7 @@ func Run(ctx context.Context, cfg *Config, logger *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("config.attester: %w", err)
 	}
-	verifiers, err := VerifiersFor(cfg.Roots)
+	verifiers, err := cfg.Roots.Verifiers("")
 	if err != nil {
 		return err
 	}
@@ -209,86 +207,6 @@ func attesterFor(c AttesterConfig) (attest.Attester, error) {
 		return tpm.Open(path, tpm.Options{EventLogPath: c.EventLogPath})
 	}
 	return nil, fmt.Errorf("platform %q", c.Platform)
-}
-
-// VerifiersFor builds a verifier per platform that has roots in c, pinned
-// to exactly those roots and reading collateral only from the configured
-// directories (no network).
-func VerifiersFor(c RootsConfig) (map[attest.Platform]attest.Verifier, error) {
-	out := map[attest.Platform]attest.Verifier{}
-	if c.TPMRoots != "" {
-		roots, err := certPool(c.TPMRoots)
-		if err != nil {
-			return nil, fmt.Errorf("config.roots.tpm_roots: %w", err)
-		}
-		var inter *x509.CertPool
-		if c.TPMIntermediates != "" {
-			if inter, err = certPool(c.TPMIntermediates); err != nil {
-				return nil, fmt.Errorf("config.roots.tpm_intermediates: %w", err)
-			}
-		}
-		out[attest.PlatformTPM] = tpm.NewVerifier(roots, inter)
-	}
-	if len(c.SNP) > 0 {
-		roots := map[string]*snp.Roots{}
-		for prod, files := range c.SNP {
-			vcek, err := os.ReadFile(files.VCEKChain)
-			if err != nil {
-				return nil, fmt.Errorf("config.roots.sev_snp[%q].vcek_chain: %w", prod, err)
-			}
-			var vlek []byte
-			if files.VLEKChain != "" {
-				if vlek, err = os.ReadFile(files.VLEKChain); err != nil {
-					return nil, fmt.Errorf("config.roots.sev_snp[%q].vlek_chain: %w", prod, err)
-				}
-			}
-			if roots[prod], err = snp.ParseRoots(vcek, vlek); err != nil {
-				return nil, fmt.Errorf("config.roots.sev_snp[%q]: %w", prod, err)
-			}
-		}
-		out[attest.PlatformSNP] = &snp.Verifier{Roots: roots, Getter: &snp.Collateral{Dir: c.SNPCollateralDir}}
-	}
-	if c.TDXRoot != "" {
-		pool, err := certPool(c.TDXRoot)
-		if err != nil {
-			return nil, fmt.Errorf("config.roots.tdx_root: %w", err)
-		}
-		v := &tdx.Verifier{Roots: pool, Getter: &tdx.Bundle{FS: os.DirFS(c.TDXCollateralDir)}, AcceptTCB: c.TDXAcceptTCB}
-		if err := v.Validate(); err != nil {
-			return nil, fmt.Errorf("config.roots: tdx: %w", err)
-		}
-		out[attest.PlatformTDX] = v
-	}
-	return out, nil
-}
-
-func certPool(path string) (*x509.CertPool, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, err
-	}
-	pool := x509.NewCertPool()
-	n := 0
-	for {
-		var blk *pem.Block
-		blk, b = pem.Decode(b)
-		if blk == nil {
-			break
-		}
-		if blk.Type != "CERTIFICATE" {
-			continue
-		}
-		c, err := x509.ParseCertificate(blk.Bytes)
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", path, err)
-		}
-		pool.AddCert(c)
-		n++
-	}
-	if n == 0 {
-		return nil, fmt.Errorf("%s: no PEM certificate", path)
-	}
-	return pool, nil
 }
 
 // readKey reads a 32-byte key: raw, or 64 hex digits.

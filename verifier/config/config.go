@@ -6,12 +6,11 @@ package config
 import (
 	"bytes"
 	"crypto/ed25519"
-	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"fmt"
+	"github.com/palisade-cc/palisade/internal/roots"
 	"io"
 	"net"
 	"os"
@@ -22,9 +21,6 @@ import (
 	"golang.org/x/mod/sumdb/note"
 
 	"github.com/palisade-cc/palisade/internal/attest"
-	"github.com/palisade-cc/palisade/internal/attest/snp"
-	"github.com/palisade-cc/palisade/internal/attest/tdx"
-	"github.com/palisade-cc/palisade/internal/attest/tpm"
 )
 
 // Version is the version of the configuration file format.
@@ -72,22 +68,12 @@ type Config struct {
 	dir string
 }
 
-// Roots pins each platform's roots; a platform without roots is denied.
-type Roots struct {
-	TPMRoots         string              `json:"tpm_roots,omitempty"`
-	TPMIntermediates string              `json:"tpm_intermediates,omitempty"`
-	SNP              map[string]SNPRoots `json:"sev_snp,omitempty"`
-	SNPCollateralDir string              `json:"sev_snp_collateral_dir,omitempty"`
-	TDXRoot          string              `json:"tdx_root,omitempty"`
-	TDXCollateralDir string              `json:"tdx_collateral_dir,omitempty"`
-	TDXAcceptTCB     []string            `json:"tdx_accept_tcb,omitempty"`
-}
+// Roots pins each platform's roots (internal/roots, the same section keyd
+// reads); a platform without roots is denied.
+type Roots = roots.Config
 
 // SNPRoots are the AMD KDS cert_chain files of one product line.
-type SNPRoots struct {
-	VCEKChain string `json:"vcek_chain"`
-	VLEKChain string `json:"vlek_chain,omitempty"`
-}
+type SNPRoots = roots.SNP
 
 // Dir is the default configuration directory: os.UserConfigDir()/palisade.
 func Dir() (string, error) {
@@ -131,26 +117,8 @@ func (c *Config) Validate() error {
 	if c.AttestPort < 0 || c.AttestPort > 65535 {
 		return fmt.Errorf("config.attest_port: %d, want 0-65535", c.AttestPort)
 	}
-	r := c.Roots
-	if r.TPMRoots == "" && len(r.SNP) == 0 && r.TDXRoot == "" {
-		return errors.New("config.roots: no platform has roots (tpm_roots, sev_snp, tdx_root)")
-	}
-	if r.TPMIntermediates != "" && r.TPMRoots == "" {
-		return errors.New("config.roots.tpm_intermediates: set without tpm_roots")
-	}
-	for prod, s := range r.SNP {
-		if prod != "Milan" && prod != "Genoa" && prod != "Turin" {
-			return fmt.Errorf("config.roots.sev_snp[%q]: want Milan, Genoa or Turin", prod)
-		}
-		if s.VCEKChain == "" {
-			return fmt.Errorf("config.roots.sev_snp[%q].vcek_chain: empty", prod)
-		}
-	}
-	if len(r.SNP) > 0 && r.SNPCollateralDir == "" {
-		return errors.New("config.roots.sev_snp_collateral_dir: empty, want the offline KDS bundle")
-	}
-	if r.TDXRoot != "" && r.TDXCollateralDir == "" {
-		return errors.New("config.roots.tdx_collateral_dir: empty, want the offline PCS bundle")
+	if err := c.Roots.Validate(); err != nil {
+		return fmt.Errorf("config.%w", err)
 	}
 	return nil
 }
@@ -232,82 +200,9 @@ func readFile(path string) ([]byte, error) {
 
 // Verifiers builds one verifier per platform that has pinned roots; they
 // read collateral only from the configured directories (no network).
+// Relative paths are relative to the configuration's directory.
 func (c *Config) Verifiers() (map[attest.Platform]attest.Verifier, error) {
-	r := c.Roots
-	out := map[attest.Platform]attest.Verifier{}
-	if r.TPMRoots != "" {
-		roots, err := certPool(c.Path(r.TPMRoots))
-		if err != nil {
-			return nil, fmt.Errorf("config.roots.tpm_roots: %w", err)
-		}
-		var inter *x509.CertPool
-		if r.TPMIntermediates != "" {
-			if inter, err = certPool(c.Path(r.TPMIntermediates)); err != nil {
-				return nil, fmt.Errorf("config.roots.tpm_intermediates: %w", err)
-			}
-		}
-		out[attest.PlatformTPM] = tpm.NewVerifier(roots, inter)
-	}
-	if len(r.SNP) > 0 {
-		roots := map[string]*snp.Roots{}
-		for prod, files := range r.SNP {
-			vcek, err := readFile(c.Path(files.VCEKChain))
-			if err != nil {
-				return nil, fmt.Errorf("config.roots.sev_snp[%q].vcek_chain: %w", prod, err)
-			}
-			var vlek []byte
-			if files.VLEKChain != "" {
-				if vlek, err = readFile(c.Path(files.VLEKChain)); err != nil {
-					return nil, fmt.Errorf("config.roots.sev_snp[%q].vlek_chain: %w", prod, err)
-				}
-			}
-			if roots[prod], err = snp.ParseRoots(vcek, vlek); err != nil {
-				return nil, fmt.Errorf("config.roots.sev_snp[%q]: %w", prod, err)
-			}
-		}
-		out[attest.PlatformSNP] = &snp.Verifier{Roots: roots, Getter: &snp.Collateral{Dir: c.Path(r.SNPCollateralDir)}}
-	}
-	if r.TDXRoot != "" {
-		pool, err := certPool(c.Path(r.TDXRoot))
-		if err != nil {
-			return nil, fmt.Errorf("config.roots.tdx_root: %w", err)
-		}
-		v := &tdx.Verifier{Roots: pool, Getter: &tdx.Bundle{FS: os.DirFS(c.Path(r.TDXCollateralDir))}, AcceptTCB: r.TDXAcceptTCB}
-		if err := v.Validate(); err != nil {
-			return nil, fmt.Errorf("config.roots: tdx: %w", err)
-		}
-		out[attest.PlatformTDX] = v
-	}
-	return out, nil
-}
-
-func certPool(path string) (*x509.CertPool, error) {
-	b, err := readFile(path)
-	if err != nil {
-		return nil, err
-	}
-	pool := x509.NewCertPool()
-	n := 0
-	for {
-		var blk *pem.Block
-		blk, b = pem.Decode(b)
-		if blk == nil {
-			break
-		}
-		if blk.Type != "CERTIFICATE" {
-			continue
-		}
-		c, err := x509.ParseCertificate(blk.Bytes)
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", path, err)
-		}
-		pool.AddCert(c)
-		n++
-	}
-	if n == 0 {
-		return nil, fmt.Errorf("%s: no PEM certificate", path)
-	}
-	return pool, nil
+	return c.Roots.Verifiers(c.dir)
 }
 
 // OwnerKey reads the owner's Ed25519 key. The file must not be readable by
