@@ -199,29 +199,41 @@ type SEVSection struct {
 // maxSections bounds the sections of either metadata table.
 const maxSections = 256
 
-// SEVMetadata reads the "ASEV" descriptor: signature, u32 length, u32
-// version (1), u32 count, then count × {u32 base, u32 size, u32 type}.
-func (im *Image) SEVMetadata() ([]SEVSection, error) {
-	const name = "sev metadata"
-	at, err := im.descriptor(SEVMetadataGUID, name)
+// sectionTable reads the header both metadata descriptors share: a 4-byte
+// signature, u32 length, u32 version (1), u32 count, then count entries of
+// entrySize bytes, all within length and the image. It returns the table
+// (from the signature on) and the count.
+func (im *Image) sectionTable(g GUID, name, sig string, entrySize uint64) ([]byte, uint32, error) {
+	at, err := im.descriptor(g, name)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	b := im.data[at:]
-	if string(b[:4]) != "ASEV" {
-		return nil, fmt.Errorf("%s: signature %q at %#x, want \"ASEV\"", name, b[:4], at)
+	if string(b[:4]) != sig {
+		return nil, 0, fmt.Errorf("%s: signature %q at %#x, want %q", name, b[:4], at, sig)
 	}
 	length := binary.LittleEndian.Uint32(b[4:])
 	version := binary.LittleEndian.Uint32(b[8:])
 	count := binary.LittleEndian.Uint32(b[12:])
 	if version != 1 {
-		return nil, fmt.Errorf("%s: version %d, want 1", name, version)
+		return nil, 0, fmt.Errorf("%s: version %d, want 1", name, version)
 	}
 	if count == 0 || count > maxSections {
-		return nil, fmt.Errorf("%s: %d sections, want 1..%d", name, count, maxSections)
+		return nil, 0, fmt.Errorf("%s: %d sections, want 1..%d", name, count, maxSections)
 	}
-	if need := 16 + 12*uint64(count); uint64(length) < need || uint64(length) > uint64(len(b)) {
-		return nil, fmt.Errorf("%s: length %d, want at least %d (for %d sections) and at most %d (the image's end)", name, length, need, count, len(b))
+	if need := 16 + entrySize*uint64(count); uint64(length) < need || uint64(length) > uint64(len(b)) {
+		return nil, 0, fmt.Errorf("%s: length %d, want at least %d (for %d sections) and at most %d (the image's end)", name, length, need, count, len(b))
+	}
+	return b, count, nil
+}
+
+// SEVMetadata reads the "ASEV" descriptor: signature, u32 length, u32
+// version (1), u32 count, then count × {u32 base, u32 size, u32 type}.
+func (im *Image) SEVMetadata() ([]SEVSection, error) {
+	const name = "sev metadata"
+	b, count, err := im.sectionTable(SEVMetadataGUID, name, "ASEV", 12)
+	if err != nil {
+		return nil, err
 	}
 	out := make([]SEVSection, count)
 	for i := range out {
@@ -305,25 +317,9 @@ type TDXSection struct {
 // hw/i386/tdvf.c require.
 func (im *Image) TDXMetadata() ([]TDXSection, error) {
 	const name = "tdx metadata"
-	at, err := im.descriptor(TDXMetadataOffsetGUID, name)
+	b, count, err := im.sectionTable(TDXMetadataOffsetGUID, name, "TDVF", 32)
 	if err != nil {
 		return nil, err
-	}
-	b := im.data[at:]
-	if string(b[:4]) != "TDVF" {
-		return nil, fmt.Errorf("%s: signature %q at %#x, want \"TDVF\"", name, b[:4], at)
-	}
-	length := binary.LittleEndian.Uint32(b[4:])
-	version := binary.LittleEndian.Uint32(b[8:])
-	count := binary.LittleEndian.Uint32(b[12:])
-	if version != 1 {
-		return nil, fmt.Errorf("%s: version %d, want 1", name, version)
-	}
-	if count == 0 || count > maxSections {
-		return nil, fmt.Errorf("%s: %d sections, want 1..%d", name, count, maxSections)
-	}
-	if need := 16 + 32*uint64(count); uint64(length) < need || uint64(length) > uint64(len(b)) {
-		return nil, fmt.Errorf("%s: length %d, want at least %d (for %d sections) and at most %d (the image's end)", name, length, need, count, len(b))
 	}
 	out := make([]TDXSection, count)
 	bfv := false
