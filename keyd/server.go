@@ -8,11 +8,13 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"strconv"
 	"time"
 
 	"github.com/palisade-cc/palisade/internal/atls"
 	"github.com/palisade-cc/palisade/internal/attest"
+	"github.com/palisade-cc/palisade/internal/manifest"
 	"github.com/palisade-cc/palisade/keyd/api"
 	"github.com/palisade-cc/palisade/keyd/store"
 )
@@ -97,6 +99,7 @@ func (k *Keyd) Handler() http.Handler {
 	mux.HandleFunc("POST "+api.PathReplicaJoin, k.handleReplicaJoin)
 	mux.HandleFunc("GET "+api.PathNodes, k.handleNodes)
 	mux.HandleFunc("GET "+api.PathStatus, k.handleStatus)
+	mux.HandleFunc("GET "+api.PathManifest, k.handleManifest)
 	mux.HandleFunc("GET "+api.PathLogCheckpoint, k.handleCheckpoint)
 	mux.HandleFunc("GET "+api.PathLogEntries, k.handleEntries)
 	mux.HandleFunc("GET "+api.PathLogInclusion, k.handleInclusion)
@@ -380,6 +383,40 @@ func (k *Keyd) handleNodes(w http.ResponseWriter, r *http.Request) {
 func (k *Keyd) handleStatus(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, api.Status{ClusterID: k.cfg.ClusterID, Unlocked: k.Unlocked(), Initialised: k.cluster.Load() != nil,
 		SecurityVersion: k.refs.Load().SecurityVersion()})
+}
+
+// handleManifest serves the signed manifest bundle of config.manifest_path
+// verbatim, to attested and unattested peers alike (api.UnattestedAllowed):
+// it is public, and a booting node needs it before it can judge keyd, so it
+// asks on a session where neither side attests and trusts nothing in the
+// answer until the signature verified against its own pinned key
+// (docs/attestd.md). It is read per request, so a reloaded manifest
+// (SIGHUP) is served at once.
+func (k *Keyd) handleManifest(w http.ResponseWriter, r *http.Request) {
+	b, err := readManifestBundle(k.cfg.ManifestPath)
+	if err != nil {
+		k.fail(w, r, "", err)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_, _ = w.Write(b)
+}
+
+// readManifestBundle reads a bundle file of at most manifest.MaxSize bytes.
+func readManifestBundle(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("manifest bundle: %w", err)
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, manifest.MaxSize+1))
+	if err != nil {
+		return nil, fmt.Errorf("manifest bundle %s: %w", path, err)
+	}
+	if len(b) > manifest.MaxSize {
+		return nil, fmt.Errorf("manifest bundle %s: over %d bytes", path, manifest.MaxSize)
+	}
+	return b, nil
 }
 
 func (k *Keyd) handleCheckpoint(w http.ResponseWriter, r *http.Request) {

@@ -35,6 +35,7 @@ const (
 	PathLogInclusion     = "/v1/log/proof/inclusion"
 	PathLogConsistency   = "/v1/log/proof/consistency"
 	PathStatus           = "/v1/status"
+	PathManifest         = "/v1/manifest"
 	HeaderRetryAfter     = "Retry-After"
 	MaxRequestBody       = 64 << 10
 	MasterSecretSize     = 32
@@ -61,6 +62,9 @@ var UnattestedAllowed = map[string]bool{
 	PathLogInclusion:   true,
 	PathLogConsistency: true,
 	PathStatus:         true,
+	// The signed manifest is public, and a node needs it before it can
+	// judge keyd: it checks the signature with its own pinned key.
+	PathManifest: true,
 }
 
 // Error is the body of every non-2xx answer. A denial never says why: the

@@ -200,6 +200,18 @@ func (c *Client) Status(ctx context.Context) (*Status, error) {
 	return &r, c.do(ctx, http.MethodGet, PathStatus, nil, nil, &r)
 }
 
+// Manifest returns the signed manifest bundle keyd serves (GET
+// PathManifest), as keyd sent it. Nothing in it is trusted yet: the caller
+// verifies it against its own pinned keys (internal/manifest.Verify) before
+// it uses any of it, so it may fetch it on an unattested session.
+func (c *Client) Manifest(ctx context.Context) ([]byte, error) {
+	var r json.RawMessage
+	if err := c.do(ctx, http.MethodGet, PathManifest, nil, nil, &r); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
 // Checkpoint returns the log's latest signed checkpoint (note format).
 func (c *Client) Checkpoint(ctx context.Context) ([]byte, error) {
 	var r struct {
