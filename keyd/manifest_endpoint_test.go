@@ -3,8 +3,8 @@ package keyd
 import (
 	"bytes"
 	"crypto"
-	"encoding/json"
 	"crypto/ed25519"
+	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
