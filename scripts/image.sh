@@ -2,7 +2,8 @@
 # Build Palisade's measured image reproducibly (docs/images.md).
 #   scripts/image.sh [production|debug]      outputs in out/image/<profile>/
 # Environment: SOURCE_DATE_EPOCH (default: the last commit's time),
-# MANIFEST_PUB (PEM public key compiled into the image), VERSION,
+# MANIFEST_PUB (PEM public key compiled into the image), ROOTS (directory
+# with roots.json pinned into the image), MANIFEST_WITHOUT_LOG_PROOF=1, VERSION,
 # FIRMWARE (a directory from scripts/firmware.sh: SEV-SNP references are then
 # computed; `make image FIRMWARE=1` builds or reuses it).
 set -euo pipefail
@@ -19,6 +20,8 @@ mkdir -p out/image
 go build -trimpath -buildvcs=false -o out/image/images ./images/cmd/images
 args=(--profile "$profile" --version "${VERSION:-dev}" --out out/image --cache out/image/cache)
 [ -n "${MANIFEST_PUB:-}" ] && args+=(--manifest-key "$MANIFEST_PUB")
+[ -n "${ROOTS:-}" ] && args+=(--roots "$ROOTS")
+[ "${MANIFEST_WITHOUT_LOG_PROOF:-}" = 1 ] && args+=(--manifest-without-log-proof)
 if [ "${FIRMWARE:-}" = 1 ]; then
 	FIRMWARE=$(scripts/firmware.sh | tail -n 1)
 fi

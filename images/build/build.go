@@ -66,7 +66,21 @@ type Options struct {
 	// required); TDXBoots are the reference boots' TDX values.
 	SNP      attest.SNPReference
 	TDXBoots []TDXBoot
+	// Roots is a directory whose regular files (internal/roots'
+	// roots.json and the PEM and collateral files it names) go into the
+	// initramfs at RootsDir: the trust anchors attestd judges keyd with.
+	// They are measured with the initrd, so a test image pinning test roots
+	// never measures like a production one. Empty: no roots (the image can
+	// judge no keyd, and says so at build time).
+	Roots string
+	// ManifestWithoutLogProof makes attestd accept a signed manifest
+	// without a transparency-log proof (its flag of that name). Measured,
+	// like everything the init starts.
+	ManifestWithoutLogProof bool
 }
+
+// RootsDir is where the pinned roots live inside the image.
+const RootsDir = "/etc/palisade/roots"
 
 // Cmdlines per profile. debug differs, so a debug UKI never measures like a
 // production one (PCR9, PCR11, launch digests).
@@ -158,6 +172,10 @@ func Build(ctx context.Context, o Options) (*Result, error) {
 		}
 	}
 	if err := goBuild(ctx, o, bins, filepath.Join(work, "bin"), a); err != nil {
+		return nil, err
+	}
+	cfg.Stages = presentStages(o, cfg.Stages, bins)
+	if err := addRoots(o, a); err != nil {
 		return nil, err
 	}
 	cb, err := json.MarshalIndent(cfg, "", "  ")
@@ -457,5 +475,57 @@ func goBuild(ctx context.Context, o Options, bins map[string]string, outDir stri
 			return err
 		}
 	}
+	return nil
+}
+
+// presentStages keeps the stages whose command this build contains, saying
+// which it drops: the init refuses a configured stage that is missing before
+// starting any, so an image listing components not yet in the tree could
+// never run the ones it has. A node whose image lacks a later stage attests,
+// then stops with "every stage exited"; it never runs half a configuration
+// silently, and the measured init.json says exactly which stages it has.
+func presentStages(o Options, stages []api.Stage, bins map[string]string) []api.Stage {
+	var out []api.Stage
+	for _, s := range stages {
+		if _, ok := bins[s.Name]; ok && s.Path == "/bin/"+s.Name {
+			if s.Name == "attestd" && o.ManifestWithoutLogProof {
+				s.Args = append(s.Args, "--manifest-without-log-proof")
+			}
+			out = append(out, s)
+			continue
+		}
+		o.logf("      stage %s: %s is not in this image; init.json omits it", s.Name, s.Path)
+	}
+	return out
+}
+
+// addRoots copies the regular files of o.Roots into RootsDir (no
+// subdirectories: the roots section names files relative to its own
+// directory).
+func addRoots(o Options, a *cpio.Archive) error {
+	if o.Roots == "" {
+		o.logf("      no roots given: the image can judge no keyd (pass --roots)")
+		return nil
+	}
+	ents, err := os.ReadDir(o.Roots)
+	if err != nil {
+		return fmt.Errorf("roots: %w", err)
+	}
+	if _, err := os.Stat(filepath.Join(o.Roots, "roots.json")); err != nil {
+		return fmt.Errorf("roots: %s has no roots.json: %w", o.Roots, err)
+	}
+	for _, e := range ents {
+		if !e.Type().IsRegular() {
+			return fmt.Errorf("roots: %s: not a regular file (the roots directory is flat)", filepath.Join(o.Roots, e.Name()))
+		}
+		b, err := os.ReadFile(filepath.Join(o.Roots, e.Name()))
+		if err != nil {
+			return fmt.Errorf("roots: %w", err)
+		}
+		if err := a.File(strings.TrimPrefix(RootsDir, "/")+"/"+e.Name(), 0o644, b); err != nil {
+			return fmt.Errorf("roots: %w", err)
+		}
+	}
+	o.logf("      roots: %d files from %s into %s", len(ents), o.Roots, RootsDir)
 	return nil
 }

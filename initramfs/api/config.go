@@ -181,9 +181,11 @@ func Default(profile string) *Config {
 	c := &Config{
 		Version: ConfigVersion,
 		Profile: profile,
-		// virtio for VMs, dm-crypt and dm-integrity for the LUKS2 state
-		// disk (ARCHITECTURE §5), wireguard for meshd.
-		Modules: []string{"virtio_pci", "virtio_net", "virtio_blk", "virtio_console", "dm_crypt", "dm_integrity", "wireguard", "tpm_crb", "tpm_tis"},
+		// configfs before its mount (boot.LateMounts); virtio for VMs
+		// (virtio_console carries the CVM emulator's port in tests);
+		// sev_guest for /dev/sev-guest; dm-crypt, dm-integrity and ext4
+		// for the LUKS2 state disk (ARCHITECTURE §5); wireguard for meshd.
+		Modules: []string{"configfs", "virtio_pci", "virtio_net", "virtio_blk", "virtio_console", "sev_guest", "dm_crypt", "dm_integrity", "ext4", "wireguard", "tpm_crb", "tpm_tis"},
 		Network: NetworkConfig{Timeout: Duration(15 * time.Second), Retries: 3},
 		Stages: []Stage{
 			{Name: "attestd", Path: "/bin/attestd", Mode: ModeOneshot},

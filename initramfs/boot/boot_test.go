@@ -95,7 +95,7 @@ func TestRunOrder(t *testing.T) {
 		t.Fatalf("Run = %v, want meshd exit reported", err)
 	}
 	want := []string{"mount /proc", "mount /sys", "mount /dev", "mount /run", "mount /sys/kernel/security",
-		"mount /sys/kernel/config", "modprobe virtio_net", "modprobe dm_crypt", "dhcp",
+		"modprobe virtio_net", "modprobe dm_crypt", "mount /sys/kernel/config", "dhcp",
 		"start attestd", "start meshd", "start workload"}
 	if d := cmp.Diff(want, f.calls); d != "" {
 		t.Errorf("calls (-want +got):\n%s", d)
@@ -142,7 +142,7 @@ func TestRunOneshotFailureStops(t *testing.T) {
 func TestRunModuleAndNetworkErrors(t *testing.T) {
 	c := api.Default(api.ProfileProduction)
 	f := &fakeSys{present: allPresent(c), modErr: errors.New("no such module")}
-	if err := Run(context.Background(), quiet(), c, f); err == nil || !strings.Contains(err.Error(), "load module virtio_pci") {
+	if err := Run(context.Background(), quiet(), c, f); err == nil || !strings.Contains(err.Error(), "load module configfs") {
 		t.Errorf("module error: %v", err)
 	}
 	f = &fakeSys{present: allPresent(c), netErr: errors.New("no lease")}

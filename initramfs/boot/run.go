@@ -42,13 +42,19 @@ type System interface {
 }
 
 // Mounts are the pseudo file systems every stage relies on: attestd needs
-// securityfs (TPM event log) and configfs (configfs-tsm reports on SNP/TDX).
+// securityfs (TPM event log).
 var Mounts = []Mount{
 	{Source: "proc", Target: "/proc", FSType: "proc"},
 	{Source: "sysfs", Target: "/sys", FSType: "sysfs"},
 	{Source: "devtmpfs", Target: "/dev", FSType: "devtmpfs", Data: "mode=0755"},
 	{Source: "tmpfs", Target: "/run", FSType: "tmpfs", Data: "mode=0755"},
 	{Source: "securityfs", Target: "/sys/kernel/security", FSType: "securityfs"},
+}
+
+// LateMounts follow the modules: configfs (configfs-tsm reports on SNP/TDX)
+// is a module in Debian's kernel, and /sys/kernel/config exists only once
+// it is loaded (found by the first QEMU boot of the image).
+var LateMounts = []Mount{
 	{Source: "configfs", Target: "/sys/kernel/config", FSType: "configfs"},
 }
 
@@ -73,6 +79,12 @@ func Run(ctx context.Context, log *slog.Logger, c *api.Config, sys System) error
 		log.Info("load module", "module", name)
 		if err := sys.LoadModule(name); err != nil {
 			return fmt.Errorf("load module %s: %w", name, err)
+		}
+	}
+	for _, m := range LateMounts {
+		log.Info("mount", "target", m.Target, "fstype", m.FSType)
+		if err := sys.Mount(m); err != nil {
+			return fmt.Errorf("mount %s on %s: %w", m.FSType, m.Target, err)
 		}
 	}
 	cmdline, err := sys.Cmdline()
