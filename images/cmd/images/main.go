@@ -94,7 +94,7 @@ func cmdBuild(ctx context.Context, args []string) error {
 	}
 	opts := build.Options{Profile: *profile, Version: *version, Epoch: epoch, Root: *root,
 		Out: *out, Cache: *cache, ManifestKey: kb, Log: os.Stderr,
-		SNP: attest.SNPReference{Product: *product, SMT: *smt},
+		SNP:   attest.SNPReference{Product: *product, SMT: *smt},
 		Roots: *rootsDir, ManifestWithoutLogProof: *noLogProof}
 	if *fw != "" {
 		f, err := build.LoadFirmware(*fw)
