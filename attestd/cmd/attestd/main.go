@@ -1,0 +1,87 @@
+// Command attestd joins this node to its cluster's keyd over mutual attested
+// TLS; the init starts it as a oneshot stage (docs/attestd.md).
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/palisade-cc/palisade/attestd"
+)
+
+const usage = `Usage: attestd [flags]
+
+Detects the platform (emulated CVM port, SEV-SNP, TDX, TPM), verifies the
+signed manifest from keyd against the pinned key, picks this machine's
+profile and joins keyd over mutual attested TLS. The init passes
+PALISADE_MANIFEST_KEY and PALISADE_HINTS; flags override every path.
+
+Examples:
+  attestd
+  attestd --hints /tmp/hints.json --manifest-key key.pem --roots roots/roots.json --tpm /dev/tpm0
+  attestd --manifest-without-log-proof --deadline 2m     # test images only
+
+Exit codes:
+  0  admitted; "attestd: admitted node=… profile=… platform=… keyd=… log_index=…"
+  1  configuration or local failure (roots, key, hints, no platform)
+  2  bad flags
+  3  a verified keyd denied this node ("attestd: denied by keyd <addr>")
+  4  this machine matches no profile of the signed manifest
+  5  no keyd verified and admitted this node before --deadline
+
+Flags:
+`
+
+func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
+
+func run(args []string, stdout, stderr io.Writer) int {
+	var cfg attestd.Config
+	fs := flag.NewFlagSet("attestd", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() { fmt.Fprint(stderr, usage); fs.PrintDefaults() }
+	fs.StringVar(&cfg.RootsPath, "roots", attestd.DefaultRootsPath, "pinned roots section (JSON); relative paths resolve against its directory")
+	fs.StringVar(&cfg.ManifestKeyPath, "manifest-key", os.Getenv("PALISADE_MANIFEST_KEY"), "PEM public key that signs manifests (default $PALISADE_MANIFEST_KEY)")
+	fs.StringVar(&cfg.HintsPath, "hints", os.Getenv("PALISADE_HINTS"), "untrusted hints file (default $PALISADE_HINTS)")
+	fs.StringVar(&cfg.TPMPath, "tpm", "", "TPM device (default: probe /dev/tpmrm0, /dev/tpm0)")
+	fs.StringVar(&cfg.CVMPortPath, "cvm-port", "", "emulated CVM port device (default: search virtio-ports)")
+	fs.StringVar(&cfg.CCELPath, "ccel", "", "CC event log file (TDX; default firmware's table, or <run-dir>/ccel on an emulated port)")
+	fs.StringVar(&cfg.RunDir, "run-dir", attestd.DefaultRunDir, "directory of admission.json, wg.key, ccel")
+	fs.StringVar(&cfg.WireGuardKeyPath, "wireguard-key", "", "where the WireGuard private key is written (default <run-dir>/wg.key)")
+	fs.BoolVar(&cfg.ManifestWithoutLogProof, "manifest-without-log-proof", false, "accept a manifest without a transparency-log proof (test images only)")
+	fs.DurationVar(&cfg.Deadline, "deadline", attestd.DefaultDeadline, "give up when no keyd admitted this node by then")
+	fs.DurationVar(&cfg.BackoffMin, "backoff-min", attestd.DefaultBackoffMin, "first pause between rounds over the hints")
+	fs.DurationVar(&cfg.BackoffMax, "backoff-max", attestd.DefaultBackoffMax, "longest pause between rounds")
+	fs.DurationVar(&cfg.AttemptTimeout, "attempt-timeout", attestd.DefaultAttemptLimit, "bound of one attempt at one keyd")
+	verbose := fs.Bool("v", false, "debug logging")
+	if err := fs.Parse(args); err != nil {
+		if err == flag.ErrHelp {
+			return attestd.ExitAdmitted
+		}
+		return attestd.ExitUsage
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "attestd: unexpected arguments %q\n", fs.Args())
+		return attestd.ExitUsage
+	}
+	level := slog.LevelInfo
+	if *verbose {
+		level = slog.LevelDebug
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	adm, err := attestd.Run(ctx, cfg, attestd.Deps{Console: stdout}, log)
+	if err != nil {
+		fmt.Fprintf(stdout, "attestd: failed: %v\n", err)
+		return attestd.ExitCode(err)
+	}
+	// No state disk step yet: the keys are not needed past this point.
+	adm.Wipe()
+	return attestd.ExitAdmitted
+}

@@ -1,0 +1,313 @@
+package attestd
+
+import (
+	"context"
+	"crypto"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/palisade-cc/palisade/internal/attest"
+	"github.com/palisade-cc/palisade/internal/manifest"
+	"github.com/palisade-cc/palisade/keyd/api"
+)
+
+// Exit codes of the attestd command (docs/attestd.md).
+const (
+	ExitAdmitted  = 0
+	ExitConfig    = 1 // unreadable roots, key or hints; no platform; local failure
+	ExitUsage     = 2 // bad flags
+	ExitDenied    = 3 // a verified keyd denied this node
+	ExitNoProfile = 4 // this machine matches no profile of the signed manifest
+	ExitDeadline  = 5 // no keyd verified and admitted the node in time
+)
+
+// ExitCode maps Run's error to the command's exit code.
+func ExitCode(err error) int {
+	switch {
+	case err == nil:
+		return ExitAdmitted
+	case errors.Is(err, ErrDenied):
+		return ExitDenied
+	case errors.Is(err, ErrNoProfile):
+		return ExitNoProfile
+	case errors.Is(err, ErrDeadline):
+		return ExitDeadline
+	}
+	return ExitConfig
+}
+
+// Deps are attestd's dependencies; the zero value is production.
+type Deps struct {
+	// Detect finds the machine's platform; nil: NewProbe().Detect.
+	Detect func(ctx context.Context, cfg *Config, log *slog.Logger) (*Machine, error)
+	// NodeID returns the node's identity; nil: NodeID from SMBIOS or MAC.
+	NodeID func() (string, error)
+	// DiskUUIDs returns the LUKS UUIDs to claim; nil claims none (the
+	// state-disk step plugs in here).
+	DiskUUIDs func(ctx context.Context) ([]string, error)
+	// Console receives the lines the boot console shows; nil: discard.
+	Console io.Writer
+	// Now and Sleep are the clock; nil: time.Now and a timer.
+	Now   func() time.Time
+	Sleep func(ctx context.Context, d time.Duration) error
+	// Jitter returns a value in [0, n); nil: math/rand/v2.
+	Jitter func(n int64) int64
+}
+
+func (d *Deps) defaults() {
+	if d.Detect == nil {
+		d.Detect = NewProbe().Detect
+	}
+	if d.NodeID == nil {
+		d.NodeID = func() (string, error) { return NodeID(readSmall, net.Interfaces) }
+	}
+	if d.Console == nil {
+		d.Console = io.Discard
+	}
+	if d.Now == nil {
+		d.Now = time.Now
+	}
+	if d.Sleep == nil {
+		d.Sleep = func(ctx context.Context, dur time.Duration) error {
+			t := time.NewTimer(dur)
+			defer t.Stop()
+			select {
+			case <-t.C:
+				return nil
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+	}
+	if d.Jitter == nil {
+		d.Jitter = rand.Int64N
+	}
+}
+
+// Admission is what keyd admitted the node with. DiskKeys are secret: the
+// caller uses them and calls Wipe; they are never written or printed.
+type Admission struct {
+	Record
+	DiskKeys []api.DiskKey
+}
+
+// Wipe zeroes the disk keys in place.
+func (a *Admission) Wipe() {
+	for i := range a.DiskKeys {
+		clear(a.DiskKeys[i].Key)
+	}
+	a.DiskKeys = nil
+}
+
+// Record is the non-secret part of an admission, written to
+// RunDir/admission.json for the stages that follow (meshd's address).
+type Record struct {
+	NodeID        string `json:"node_id"`
+	Profile       string `json:"profile"`
+	Platform      string `json:"platform"`
+	Keyd          string `json:"keyd"`
+	MeshAddress   string `json:"mesh_address"`
+	MeshIPv4      string `json:"mesh_ipv4,omitempty"`
+	PeersRevision uint64 `json:"peers_revision"`
+	LogIndex      uint64 `json:"log_index"`
+	// Checkpoint is the signed checkpoint (note format) keyd returned.
+	Checkpoint string `json:"checkpoint"`
+}
+
+// Run joins keyd: it reads the pinned state, detects the platform, gets and
+// verifies the manifest, picks the profile, and admits over aTLS, retrying
+// the hints with back-off until cfg.Deadline. It writes the record to
+// RunDir/admission.json and returns the admission, disk keys included.
+func Run(ctx context.Context, cfg Config, deps Deps, log *slog.Logger) (*Admission, error) {
+	cfg.SetDefaults()
+	deps.defaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	keyPEM, err := readSmall(cfg.ManifestKeyPath)
+	if err != nil {
+		return nil, fmt.Errorf("manifest key: %w", err)
+	}
+	key, err := manifest.ParsePublicKey(keyPEM)
+	if err != nil {
+		return nil, fmt.Errorf("manifest key %s: %w", cfg.ManifestKeyPath, err)
+	}
+	rc, err := LoadRoots(cfg.RootsPath)
+	if err != nil {
+		return nil, err
+	}
+	verifiers, err := rc.Verifiers(filepath.Dir(cfg.RootsPath))
+	if err != nil {
+		return nil, fmt.Errorf("roots %s: %w", cfg.RootsPath, err)
+	}
+	if len(verifiers) == 0 {
+		return nil, fmt.Errorf("roots %s: no platform pinned, so no keyd could ever be verified", cfg.RootsPath)
+	}
+	hb, err := readSmall(cfg.HintsPath)
+	if err != nil {
+		return nil, fmt.Errorf("hints: %w", err)
+	}
+	hints, err := ParseHints(hb)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", cfg.HintsPath, err)
+	}
+	log.Info("hints (untrusted)", "keyd", strings.Join(hints.Keyd, ","), "cluster", hints.Cluster)
+
+	mach, err := deps.Detect(ctx, &cfg, log)
+	if err != nil {
+		return nil, fmt.Errorf("detect platform: %w", err)
+	}
+	defer mach.Close()
+	log.Info("platform", "platform", mach.Platform, "why", mach.Why)
+
+	nodeID, err := deps.NodeID()
+	if err != nil {
+		return nil, err
+	}
+	wg, err := newWireGuardKey(cfg.WireGuardKeyPath)
+	if err != nil {
+		return nil, err
+	}
+	pub := wg.PublicKey()
+	claims := attest.Claims{NodeID: nodeID, Role: attest.RoleNode, WireGuardKey: pub[:]}
+	if deps.DiskUUIDs != nil {
+		if claims.DiskUUIDs, err = deps.DiskUUIDs(ctx); err != nil {
+			return nil, fmt.Errorf("disk uuids: %w", err)
+		}
+	}
+
+	j := &joiner{cfg: &cfg, deps: &deps, log: log, key: key, verifiers: verifiers, cluster: hints.Cluster,
+		hints: hints.Keyd, mach: mach, claims: claims}
+	adm, err := j.run(ctx)
+	if err != nil {
+		return nil, err
+	}
+	rb, err := json.MarshalIndent(adm.Record, "", "  ")
+	if err != nil {
+		adm.Wipe()
+		return nil, err
+	}
+	path := filepath.Join(cfg.RunDir, "admission.json")
+	if err := writeFileAtomic(path, append(rb, '\n'), 0o600); err != nil {
+		adm.Wipe()
+		return nil, fmt.Errorf("admission record %s: %w", path, err)
+	}
+	fmt.Fprintf(deps.Console, "attestd: admitted node=%s profile=%s platform=%s keyd=%s log_index=%d\n",
+		adm.NodeID, adm.Profile, adm.Platform, adm.Keyd, adm.LogIndex)
+	return adm, nil
+}
+
+type joiner struct {
+	cfg       *Config
+	deps      *Deps
+	log       *slog.Logger
+	key       crypto.PublicKey
+	verifiers map[attest.Platform]attest.Verifier
+	cluster   string
+	hints     []string
+	mach      *Machine
+	claims    attest.Claims
+
+	man     *manifest.Manifest
+	profile *attest.Reference
+}
+
+// run tries every hint in order, then pauses (doubling from BackoffMin to
+// BackoffMax, with jitter of up to half the pause, so a rack that boots
+// at once does not retry in step) and tries again until the deadline.
+func (j *joiner) run(ctx context.Context) (*Admission, error) {
+	start := j.deps.Now()
+	deadline := start.Add(j.cfg.Deadline)
+	ctx, cancel := context.WithTimeout(ctx, j.cfg.Deadline)
+	defer cancel()
+	pause := j.cfg.BackoffMin
+	var last error
+	for round := 1; ; round++ {
+		for _, addr := range j.hints {
+			adm, err := j.try(ctx, addr)
+			if err == nil {
+				return adm, nil
+			}
+			if errors.Is(err, ErrDenied) {
+				fmt.Fprintf(j.deps.Console, "attestd: denied by keyd %s\n", addr)
+				return nil, err
+			}
+			if errors.Is(err, ErrNoProfile) {
+				fmt.Fprintf(j.deps.Console, "attestd: %v\n", err)
+				return nil, err
+			}
+			last = fmt.Errorf("keyd %s: %w", addr, err)
+			j.log.Warn("keyd attempt failed", "keyd", addr, "round", round, "err", err)
+		}
+		sleep := pause/2 + time.Duration(j.deps.Jitter(int64(pause/2)+1))
+		left := deadline.Sub(j.deps.Now())
+		if sleep >= left || ctx.Err() != nil {
+			fmt.Fprintf(j.deps.Console, "attestd: giving up after %d rounds: %v\n", round, last)
+			return nil, fmt.Errorf("%w (%s, %d rounds over %d hints): last: %w", ErrDeadline, j.cfg.Deadline, round, len(j.hints), last)
+		}
+		fmt.Fprintf(j.deps.Console, "attestd: no keyd admitted this node (round %d: %v); retrying in %s, %s left\n",
+			round, last, sleep.Round(time.Millisecond), left.Round(time.Second))
+		if err := j.deps.Sleep(ctx, sleep); err != nil {
+			return nil, fmt.Errorf("%w (%s): last: %w", ErrDeadline, j.cfg.Deadline, last)
+		}
+		pause = min(2*pause, j.cfg.BackoffMax)
+	}
+}
+
+// try makes one attempt at addr: the manifest first if none verified yet,
+// then the admission.
+func (j *joiner) try(ctx context.Context, addr string) (*Admission, error) {
+	ctx, cancel := context.WithTimeout(ctx, j.cfg.AttemptTimeout)
+	defer cancel()
+	if j.man == nil {
+		b, err := fetchManifest(ctx, addr, j.cluster, j.claims, j.cfg.AttemptTimeout)
+		if err != nil {
+			return nil, fmt.Errorf("fetch manifest: %w", err)
+		}
+		res, err := verifyManifest(b, j.key, j.cfg.ManifestWithoutLogProof)
+		if err != nil {
+			j.log.Error("manifest from keyd refused", "keyd", addr, "err", err)
+			return nil, err
+		}
+		if res.Log != manifest.LogVerified {
+			j.log.Error("MANIFEST ACCEPTED WITHOUT A TRANSPARENCY-LOG PROOF: --manifest-without-log-proof is set (test images only)",
+				"keyd", addr, "log", string(res.Log), "key_id", res.KeyID, "image_version", res.Manifest.ImageVersion)
+			fmt.Fprintf(j.deps.Console, "attestd: WARNING: manifest accepted without a transparency-log proof\n")
+		}
+		ref, err := PickProfile(ctx, res.Manifest, j.mach, j.log)
+		if err != nil {
+			return nil, err
+		}
+		j.man, j.profile = res.Manifest, ref
+		j.claims.Profile = ref.Profile
+		if err := j.claims.Validate(); err != nil {
+			return nil, fmt.Errorf("claims: %w", err)
+		}
+		j.log.Info("manifest verified", "keyd", addr, "image_version", res.Manifest.ImageVersion,
+			"security_version", res.Manifest.SecurityVersion, "key_id", res.KeyID, "log", string(res.Log))
+		fmt.Fprintf(j.deps.Console, "attestd: evidence platform=%s profile=%s\n", j.mach.Platform, ref.Profile)
+	}
+	var verified atomic.Bool
+	resp, err := admit(ctx, addr, joinConfig(j.cluster, j.claims, j.mach, j.verifiers, j.man, j.cfg.AttemptTimeout, &verified), &verified)
+	if err != nil {
+		return nil, err
+	}
+	if resp.NodeID != j.claims.NodeID {
+		for i := range resp.DiskKeys {
+			clear(resp.DiskKeys[i].Key)
+		}
+		return nil, fmt.Errorf("keyd admitted node %q, want %q", resp.NodeID, j.claims.NodeID)
+	}
+	return &Admission{DiskKeys: resp.DiskKeys, Record: Record{NodeID: resp.NodeID, Profile: j.profile.Profile,
+		Platform: string(j.mach.Platform), Keyd: addr, MeshAddress: resp.MeshAddress, MeshIPv4: resp.MeshIPv4,
+		PeersRevision: resp.PeersRevision, LogIndex: resp.LogIndex, Checkpoint: string(resp.Checkpoint)}}, nil
+}
