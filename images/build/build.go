@@ -499,33 +499,47 @@ func presentStages(o Options, stages []api.Stage, bins map[string]string) []api.
 	return out
 }
 
-// addRoots copies the regular files of o.Roots into RootsDir (no
-// subdirectories: the roots section names files relative to its own
-// directory).
+// addRoots copies the tree under o.Roots into RootsDir: roots.json and the
+// PEM files and offline collateral bundles it names relative to itself.
+// Only directories and regular files are taken.
 func addRoots(o Options, a *cpio.Archive) error {
 	if o.Roots == "" {
 		o.logf("      no roots given: the image can judge no keyd (pass --roots)")
 		return nil
 	}
-	ents, err := os.ReadDir(o.Roots)
-	if err != nil {
-		return fmt.Errorf("roots: %w", err)
-	}
 	if _, err := os.Stat(filepath.Join(o.Roots, "roots.json")); err != nil {
 		return fmt.Errorf("roots: %s has no roots.json: %w", o.Roots, err)
 	}
-	for _, e := range ents {
-		if !e.Type().IsRegular() {
-			return fmt.Errorf("roots: %s: not a regular file (the roots directory is flat)", filepath.Join(o.Roots, e.Name()))
-		}
-		b, err := os.ReadFile(filepath.Join(o.Roots, e.Name()))
+	n := 0
+	base := strings.TrimPrefix(RootsDir, "/")
+	err := filepath.WalkDir(o.Roots, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
-			return fmt.Errorf("roots: %w", err)
+			return err
 		}
-		if err := a.File(strings.TrimPrefix(RootsDir, "/")+"/"+e.Name(), 0o644, b); err != nil {
-			return fmt.Errorf("roots: %w", err)
+		rel, err := filepath.Rel(o.Roots, p)
+		if err != nil {
+			return err
 		}
+		name := base + "/" + filepath.ToSlash(rel)
+		switch {
+		case d.IsDir():
+			if rel == "." {
+				return nil
+			}
+			return a.Add(cpio.Entry{Name: name, Mode: fs.ModeDir | 0o755})
+		case d.Type().IsRegular():
+			b, err := os.ReadFile(p)
+			if err != nil {
+				return err
+			}
+			n++
+			return a.File(name, 0o644, b)
+		}
+		return fmt.Errorf("%s: neither a directory nor a regular file", p)
+	})
+	if err != nil {
+		return fmt.Errorf("roots: %w", err)
 	}
-	o.logf("      roots: %d files from %s into %s", len(ents), o.Roots, RootsDir)
+	o.logf("      roots: %d files from %s into %s", n, o.Roots, RootsDir)
 	return nil
 }
