@@ -43,9 +43,9 @@ const (
 // fixedChain is the SEV-SNP test chain of go-sev-guest's published keys;
 // otherChain has fresh keys, so nothing it signs chains to fixedChain's ARK.
 var (
-	chainOnce             sync.Once
+	chainOnce              sync.Once
 	fixedChain, otherChain *snptest.Chain
-	chainErr              error
+	chainErr               error
 )
 
 func chains(t testing.TB) (*snptest.Chain, *snptest.Chain) {
