@@ -200,7 +200,7 @@ type fakePort struct {
 	closed bool
 }
 
-func (p *fakePort) Platform() attest.Platform                        { return p.plat }
+func (p *fakePort) Platform() attest.Platform                       { return p.plat }
 func (p *fakePort) Quote(context.Context, [64]byte) ([]byte, error) { return nil, errors.New("no") }
 func (p *fakePort) CCEL(context.Context) ([]byte, error)            { return p.ccel, nil }
 func (p *fakePort) Close() error                                    { p.closed = true; return nil }
