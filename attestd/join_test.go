@@ -10,9 +10,11 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -218,27 +220,31 @@ func TestJoinDenied(t *testing.T) {
 	}
 }
 
-// TestJoinUnverifiedDenialNotFinal: the first hint is a peer that denies
-// the node's hello before it proved anything. That is not keyd's verdict:
-// attestd moves on to the next hint and is admitted there.
+// TestJoinUnverifiedDenialNotFinal: the first hint serves the genuine
+// signed manifest but, proving nothing about itself, denies the node's
+// admission hello. That is not keyd's verdict: attestd moves on to the
+// next hint and is admitted there.
 func TestJoinUnverifiedDenialNotFinal(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	must(t, err)
 	fake, err := atls.NewListener(ln, &atls.Config{ClusterID: testCluster, AllowUnattestedPeer: true,
-		Claims:     attest.Claims{NodeID: "impostor", Role: attest.RoleKeyd, Profile: keydProfile},
-		AcceptPeer: func(attest.Claims) error { return errors.New("deny everyone") }}, atls.ListenerOptions{})
-	must(t, err)
-	t.Cleanup(func() { fake.Close() })
-	go func() {
-		for {
-			c, err := fake.Accept()
-			if err != nil {
-				return
+		Claims: attest.Claims{NodeID: "impostor", Role: attest.RoleKeyd, Profile: keydProfile},
+		AcceptPeer: func(c attest.Claims) error {
+			if c.Profile != "manifest-fetch" {
+				return errors.New("deny the admission")
 			}
-			c.Close()
-		}
-	}()
+			return nil
+		}}, atls.ListenerOptions{})
+	must(t, err)
+	var manPath atomic.Value
+	srv := &http.Server{Handler: http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+		b, _ := os.ReadFile(manPath.Load().(string))
+		rw.Write(b)
+	})}
+	go srv.Serve(fake)
+	t.Cleanup(func() { srv.Close() })
 	w := newWorld(t, worldOpts{hintsBefore: []string{ln.Addr().String()}})
+	manPath.Store(filepath.Join(w.dir, "manifest.bundle.json"))
 	m, _ := w.snpNode()
 	adm, err := w.run(m, nil)
 	if err != nil {
@@ -246,6 +252,9 @@ func TestJoinUnverifiedDenialNotFinal(t *testing.T) {
 	}
 	if adm.Keyd != w.addr {
 		t.Errorf("admitted by %s, want %s", adm.Keyd, w.addr)
+	}
+	if !w.consoleHas("attestd: evidence platform=sev-snp") {
+		t.Errorf("console:\n%s", w.console.String())
 	}
 }
 
