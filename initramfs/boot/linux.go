@@ -4,6 +4,7 @@ package boot
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -44,7 +45,11 @@ func (l *Linux) Mount(m Mount) error {
 // LoadModule loads name and its dependencies with finit_module(2); a module
 // built into the kernel counts as loaded (kmodule reads modules.builtin).
 func (l *Linux) LoadModule(name string) error {
-	return kmodule.ProbeOptions(name, "", kmodule.ProbeOpts{RootDir: l.Root})
+	err := kmodule.ProbeOptions(name, "", kmodule.ProbeOpts{RootDir: l.Root})
+	if errors.Is(err, unix.ENODEV) {
+		return fmt.Errorf("%w: %w", ErrNoDevice, err)
+	}
+	return err
 }
 
 // Network runs DHCPv4 on the configured interfaces and configures every

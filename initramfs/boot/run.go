@@ -58,6 +58,11 @@ var LateMounts = []Mount{
 	{Source: "configfs", Target: "/sys/kernel/config", FSType: "configfs"},
 }
 
+// ErrNoDevice is what LoadModule returns when the module loaded but found
+// none of its hardware (the kernel's ENODEV): sev_guest on a machine that is
+// not an SEV-SNP guest. One image serves every platform, so the boot goes on.
+var ErrNoDevice = errors.New("no device for this module")
+
 // ErrStageMissing is returned when a configured stage is not in the image.
 var ErrStageMissing = errors.New("stage missing from this image")
 
@@ -77,7 +82,9 @@ func Run(ctx context.Context, log *slog.Logger, c *api.Config, sys System) error
 	}
 	for _, name := range c.Modules {
 		log.Info("load module", "module", name)
-		if err := sys.LoadModule(name); err != nil {
+		if err := sys.LoadModule(name); errors.Is(err, ErrNoDevice) {
+			log.Info("module skipped: no such hardware here", "module", name)
+		} else if err != nil {
 			return fmt.Errorf("load module %s: %w", name, err)
 		}
 	}
