@@ -172,22 +172,39 @@ func TestJoinManifestNeedsLogProof(t *testing.T) {
 	}
 }
 
-// TestJoinNoProfile: the manifest has no reference with this machine's
-// MEASUREMENT. attestd stops at once with exit class 4 and names each
-// candidate's first differing value; it sends nothing to keyd.
+// TestJoinNoProfile: no reference of the manifest has this machine's
+// MEASUREMENT. attestd names each candidate's first differing value on the
+// console and still asks keyd with the first candidate, so the verdict is
+// keyd's: here keyd admits against the same manifest, denies, and that
+// denial is final (exit class 3).
 func TestJoinNoProfile(t *testing.T) {
-	w := newWorld(t, worldOpts{served: func(m *manifest.Manifest) {
+	edit := func(m *manifest.Manifest) {
 		m.References[0].SNP = cloneSNP(m.References[0].SNP)
 		m.References[0].SNP.Measurement = bytes.Repeat([]byte{0x11}, 48)
+	}
+	w := newWorld(t, worldOpts{served: edit, admitting: edit})
+	m, _ := w.snpNode()
+	_, err := w.run(m, nil)
+	if !errors.Is(err, ErrDenied) || ExitCode(err) != ExitDenied {
+		t.Fatalf("err %v, want keyd's denial", err)
+	}
+	want := fmt.Sprintf("%s (measurement: have %s, want %s)", nodeProfile, strings.Repeat("4d", 48), strings.Repeat("11", 48))
+	if !w.consoleHas(want) || !w.consoleHas("asking keyd with profile "+nodeProfile) {
+		t.Errorf("console lacks %q:\n%s", want, w.console.String())
+	}
+}
+
+// TestPickProfileNone: a manifest without any profile of the platform
+// leaves nothing to ask keyd with: ErrNoProfile, exit class 4.
+func TestPickProfileNone(t *testing.T) {
+	w := newWorld(t, worldOpts{served: func(m *manifest.Manifest) {
+		m.References = []attest.Reference{{Profile: "tpm-only", Platform: attest.PlatformTPM,
+			TPM: &attest.TPMReference{PCRs: map[int]attest.HexBytes{4: make([]byte, 32)}}}}
 	}})
 	m, ca := w.snpNode()
 	_, err := w.run(m, nil)
 	if !errors.Is(err, ErrNoProfile) || ExitCode(err) != ExitNoProfile {
 		t.Fatalf("err %v, want ErrNoProfile", err)
-	}
-	want := fmt.Sprintf("%s (measurement: have %s, want %s)", nodeProfile, strings.Repeat("4d", 48), strings.Repeat("11", 48))
-	if !strings.Contains(err.Error(), want) {
-		t.Errorf("err %q lacks %q", err, want)
 	}
 	if ca.n.Load() != 0 {
 		t.Fatal("node attested")

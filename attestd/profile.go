@@ -181,7 +181,8 @@ func candidates(m *manifest.Manifest, p attest.Platform) []*attest.Reference {
 // PickProfile returns the first node reference (by profile name) of the
 // machine's platform whose values the machine measures now. With none it
 // logs every candidate with its first differing value and returns
-// ErrNoProfile naming them.
+// ErrNoProfile naming them, together with the first candidate (nil when the
+// manifest has no profile of this platform at all).
 func PickProfile(ctx context.Context, m *manifest.Manifest, mach *Machine, log *slog.Logger) (*attest.Reference, error) {
 	cands := candidates(m, mach.Platform)
 	if len(cands) == 0 {
@@ -201,7 +202,11 @@ func PickProfile(ctx context.Context, m *manifest.Manifest, mach *Machine, log *
 		log.Warn("profile does not match this machine", "profile", r.Profile, "first_difference", d)
 		diffs = append(diffs, fmt.Sprintf("%s (%s)", r.Profile, d))
 	}
-	return nil, fmt.Errorf("%w (image %s, %s): %s", ErrNoProfile, m.ImageVersion, mach.Platform, strings.Join(diffs, "; "))
+	// The first candidate comes back with the error: the caller still asks
+	// keyd with it, so the verdict on a machine that measures differently
+	// (a tampered UKI) is keyd's, recorded in keyd's log and metrics, not
+	// only the node's own word.
+	return cands[0], fmt.Errorf("%w (image %s, %s): %s", ErrNoProfile, m.ImageVersion, mach.Platform, strings.Join(diffs, "; "))
 }
 
 // keydReference returns the manifest's keyd reference of profile.

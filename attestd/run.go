@@ -284,7 +284,11 @@ func (j *joiner) try(ctx context.Context, addr string) (*Admission, error) {
 			fmt.Fprintf(j.deps.Console, "attestd: WARNING: manifest accepted without a transparency-log proof\n")
 		}
 		ref, err := PickProfile(ctx, res.Manifest, j.mach, j.log)
-		if err != nil {
+		if errors.Is(err, ErrNoProfile) && ref != nil {
+			// Not a reason to stay silent: keyd judges, and its log and
+			// metrics then show this machine's attempt.
+			fmt.Fprintf(j.deps.Console, "attestd: %v; asking keyd with profile %s, which will deny this node\n", err, ref.Profile)
+		} else if err != nil {
 			return nil, err
 		}
 		j.man, j.profile = res.Manifest, ref

@@ -3,7 +3,6 @@ package attestd
 import (
 	"crypto/x509"
 	"io"
-	"strings"
 	"testing"
 
 	"github.com/palisade-cc/palisade/internal/attest"
@@ -43,11 +42,17 @@ func TestJoinTPM(t *testing.T) {
 		t.Errorf("console:\n%s", w.console.String())
 	}
 
-	// A PCR extended after boot (outside the log) matches no profile.
+	// A PCR extended after boot (outside the log) matches no profile:
+	// attestd says so, naming pcr09, and still asks keyd, whose verifier
+	// denies it (final: keyd had proved itself).
 	must(t, sim.Extend(9, []byte("injected")))
-	w2 := newWorld(t, worldOpts{nodeRefs: []attest.Reference{*ref}})
+	w2 := newWorld(t, worldOpts{nodeRefs: []attest.Reference{*ref},
+		tpmRoots:         []*x509.Certificate{sim.CA.Root},
+		tpmIntermediates: []*x509.Certificate{sim.CA.Intermediate},
+		verifiers:        map[attest.Platform]attest.Verifier{attest.PlatformTPM: tpm.NewVerifier(sim.CA.Roots(), sim.CA.Intermediates())},
+	})
 	_, err = w2.run(m, nil)
-	if ExitCode(err) != ExitNoProfile || !strings.Contains(err.Error(), tpmProfile+" (pcr09: have ") {
-		t.Fatalf("after extending PCR 9: %v, want no profile naming pcr09", err)
+	if ExitCode(err) != ExitDenied || !w2.consoleHas(tpmProfile+" (pcr09: have ") || !w2.consoleHas("attestd: denied by keyd") {
+		t.Fatalf("after extending PCR 9: %v, want keyd's denial and a console naming pcr09:\n%s", err, w2.console.String())
 	}
 }

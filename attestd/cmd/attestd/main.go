@@ -32,7 +32,7 @@ Exit codes:
   1  configuration or local failure (roots, key, hints, no platform)
   2  bad flags
   3  a verified keyd denied this node ("attestd: denied by keyd <addr>")
-  4  this machine matches no profile of the signed manifest
+  4  the signed manifest has no profile of this machine's platform
   5  no keyd verified and admitted this node before --deadline
 
 Flags:
