@@ -92,7 +92,9 @@ func Open(ctx context.Context, path string) (*Client, error) {
 // NewClient runs the hello exchange over an already open port (a net.Conn in
 // host-side tests of the emulator; Open is the guest's path) and closes rwc
 // if it fails. Deadlines are used if rwc has a working SetDeadline.
-func NewClient(ctx context.Context, rwc io.ReadWriteCloser) (*Client, error) { return newClient(ctx, rwc) }
+func NewClient(ctx context.Context, rwc io.ReadWriteCloser) (*Client, error) {
+	return newClient(ctx, rwc)
+}
 
 // newClient runs the hello exchange over rwc and closes rwc if it fails.
 func newClient(ctx context.Context, rwc io.ReadWriteCloser) (*Client, error) {
