@@ -182,10 +182,12 @@ func Default(profile string) *Config {
 		Version: ConfigVersion,
 		Profile: profile,
 		// configfs before its mount (boot.LateMounts); virtio for VMs
-		// (virtio_console carries the CVM emulator's port in tests);
+		// (virtio_console carries the CVM emulator's port in tests; virtio_rng
+		// seeds the kernel's RNG on VMs without RDRAND, or DHCP waits on
+		// getrandom: found by the first QEMU boots);
 		// sev_guest for /dev/sev-guest; dm-crypt, dm-integrity and ext4
 		// for the LUKS2 state disk (ARCHITECTURE §5); wireguard for meshd.
-		Modules: []string{"configfs", "virtio_pci", "virtio_net", "virtio_blk", "virtio_console", "sev_guest", "dm_crypt", "dm_integrity", "ext4", "wireguard", "tpm_crb", "tpm_tis"},
+		Modules: []string{"configfs", "virtio_pci", "virtio_net", "virtio_blk", "virtio_console", "virtio_rng", "sev_guest", "dm_crypt", "dm_integrity", "ext4", "wireguard", "tpm_crb", "tpm_tis"},
 		Network: NetworkConfig{Timeout: Duration(15 * time.Second), Retries: 3},
 		Stages: []Stage{
 			{Name: "attestd", Path: "/bin/attestd", Mode: ModeOneshot},
