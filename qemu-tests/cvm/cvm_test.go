@@ -317,7 +317,12 @@ func TestOtherInitrdDenied(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a := testArtifacts(t)[0]
+	for _, a := range testArtifacts(t) {
+		t.Run(a.name, func(t *testing.T) { otherInitrdDenied(t, env, fx, a) })
+	}
+}
+
+func otherInitrdDenied(t *testing.T, env *snpEnv, fx *tdxtest.Fixture, a artifacts) {
 	b := binding(3)
 
 	orig, err := NewSNP(snpLaunch(a.snpFW, a.uki), env.chain)

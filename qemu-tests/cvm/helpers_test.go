@@ -208,9 +208,17 @@ func testArtifacts(t *testing.T) []artifacts {
 		}
 		sets = append(sets, artifacts{name: "built", snpFW: write("OVMF.amdsev.fd", s), tdxFW: write("OVMF.inteltdx.fd", x),
 			uki: uki, otherInitrd: other})
+		// With the image built too (make image), the real UKI, and a
+		// copy of it with one initrd byte changed.
+		if b, err := os.ReadFile("../../out/image/production/palisade.efi"); err == nil {
+			last := sets[len(sets)-1]
+			last.name, last.uki, last.otherInitrd = "built-uki", write("built.efi", b), write("built-other.efi", b)
+			flipInitrd(t, last.otherInitrd)
+			sets = append(sets, last)
+		}
 		break
 	}
-	t.Logf("firmware sets: %d (built firmware present: %v)", len(sets), len(sets) > 1)
+	t.Logf("artifact sets: %d (built firmware present: %v, built UKI: %v)", len(sets), len(sets) > 1, len(sets) > 2)
 	return sets
 }
 
