@@ -6,6 +6,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/vishvananda/netlink"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -55,9 +57,24 @@ func (l *Linux) LoadModule(name string) error {
 // Network runs DHCPv4 on the configured interfaces and configures every
 // interface that got a lease.
 func (l *Linux) Network(ctx context.Context, c api.NetworkConfig) ([]byte, error) {
-	ifs, err := dhclient.Interfaces(c.Interfaces)
+	all, err := dhclient.Interfaces(c.Interfaces)
 	if err != nil {
 		return nil, err
+	}
+	// Loopback is brought up, never asked for a lease: DHCP on lo waits
+	// out every retry (found by the first QEMU boots: 105 s lost).
+	var ifs []netlink.Link
+	for _, l := range all {
+		if l.Attrs().Flags&net.FlagLoopback != 0 {
+			if err := netlink.LinkSetUp(l); err != nil {
+				return nil, fmt.Errorf("bring up %s: %w", l.Attrs().Name, err)
+			}
+			continue
+		}
+		ifs = append(ifs, l)
+	}
+	if len(ifs) == 0 {
+		return nil, fmt.Errorf("no network interface besides loopback matches %q", c.Interfaces)
 	}
 	req := dhcpv4.WithRequestedOptions(dhcpv4.GenericOptionCode(api.DHCPOptionHints))
 	cfg := dhclient.Config{
