@@ -4,7 +4,7 @@ GO ?= go
 FUZZTIME ?= 60s
 export CGO_ENABLED := 1
 
-.PHONY: all build test test-unit test-fuzz test-vm bench bench-keyd bench-provisioner bench-mesh fuzz image firmware demo deps clean help
+.PHONY: all build test test-unit test-fuzz test-vm bench bench-keyd bench-provisioner bench-mesh bench-boot fuzz image firmware demo deps clean help
 
 all: build
 
@@ -17,6 +17,7 @@ help:
 	@echo "make bench       attestation verify/s vs the crypto floor, as RATIO lines"
 	@echo "make bench-keyd  keyd admissions/s vs the floor, join storms"
 	@echo "make bench-provisioner  DHCP/TFTP/HTTP against kea, dnsmasq, tftpd-hpa, atftpd, nginx"
+	@echo "make bench-boot  boot phases of measured QEMU boots, Palisade's share of the boot"
 	@echo "make build       build every command into bin/"
 	@echo "make image       build the reproducible UKI and its manifest (PROFILE=production|debug;"
 	@echo "                 FIRMWARE=1 also builds OVMF and adds SEV-SNP launch digests)"
@@ -53,6 +54,10 @@ bench-keyd: deps
 
 bench-mesh: deps
 	bench/mesh.sh
+
+# Boot phases of measured TPM boots in QEMU, and Palisade's share of the boot.
+bench-boot: deps
+	bench/boot.sh
 
 # DHCP vs kea and dnsmasq, TFTP vs tftpd-hpa and atftpd, HTTP vs nginx, and a
 # 1000-client PXE boot storm.

@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
-# vm-tier.sh — the VM test tier: packages with tests gated by PALISADE_VM_TESTS.
+# vm-tier.sh — the VM test tier (qemu-tests/): real measured boots in QEMU
+# under TCG with OVMF + swtpm, and emulated SEV-SNP / TDX guests.
+# It installs QEMU, swtpm and OVMF, builds the pinned AmdSev / IntelTdx
+# firmware the CVM emulator measures (cached in out/firmware, ~7 min cold),
+# then runs the tests with PALISADE_VM_TESTS=1, one package at a time (each
+# test keeps at most two VMs running).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ ! -d qemu-tests ]; then
-	echo "VM tier: no VM tests exist yet; the QEMU harness ([harness], issue 6) adds them."
-	exit 0
-fi
 scripts/deps.sh vm
-PALISADE_VM_TESTS=1 go test -json -count=1 -p 1 -timeout 30m ./qemu-tests/... | go run ./tools/testsum
+scripts/deps.sh firmware
+start=$(date +%s)
+fw=$(scripts/firmware.sh | tail -n 1)
+echo "VM tier: firmware ready in $(( $(date +%s) - start )) s: $fw"
+PALISADE_FIRMWARE="$fw" PALISADE_VM_TESTS=1 go test -json -count=1 -p 1 -timeout 30m ./qemu-tests/... | go run ./tools/testsum
