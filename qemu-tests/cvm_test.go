@@ -172,4 +172,3 @@ func hasRef(refs []attest.Reference, want attest.Reference) bool {
 	}
 	return false
 }
-

@@ -95,4 +95,3 @@ func TestTPM(t *testing.T) {
 		}
 	})
 }
-
