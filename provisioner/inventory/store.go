@@ -258,6 +258,11 @@ type Request struct {
 type Answer struct {
 	TFTPFile string
 	HTTPURL  string
+	// Hints is the text of DHCP option 224 ("keyd=a,b cluster=c"), for an
+	// accepted machine whose profile has keyd hints or a cluster. It is
+	// computed for every request of the machine, network boot or not: the
+	// OS's own DHCP client, after the UKI booted, is the one that asks.
+	Hints string
 }
 
 // Boot records the request and decides the boot answer. Unaccepted machines
@@ -325,6 +330,7 @@ func (s *Store) Boot(ctx context.Context, req Request) (Answer, error) {
 		}
 		var why string
 		ans, why = s.decide(tx, &m, req)
+		ans.Hints = s.hints(tx, &m)
 		m.LastBoot = ans.TFTPFile
 		if ans.HTTPURL != "" {
 			m.LastBoot = ans.HTTPURL
@@ -350,6 +356,33 @@ func (s *Store) Boot(ctx context.Context, req Request) (Answer, error) {
 		s.remember(f, mac, now)
 	}
 	return ans, nil
+}
+
+// hints is option 224's text for m: only for accepted machines (a
+// discovered one has not been vouched for, so it is told nothing, not even
+// under the discovery profile), from m's profile or the default profile.
+func (s *Store) hints(tx *bolt.Tx, m *Machine) string {
+	if m.State == Discovered {
+		return ""
+	}
+	name := m.Profile
+	if name == "" {
+		name = s.opts.DefaultProfile
+	}
+	if name == "" {
+		return ""
+	}
+	p, err := getProfile(tx, name)
+	if err != nil {
+		return "" // decide logs the missing profile when it matters
+	}
+	// A profile stored by an older build may not meet today's rules; a
+	// text the init cannot parse would cost it every hint, so send none.
+	if err := p.Validate(); err != nil {
+		s.log.Warn("inventory: profile not valid, no hints sent", "mac", m.MAC, "profile", name, "err", err)
+		return ""
+	}
+	return p.HintText()
 }
 
 // decide picks the boot answer for m; why says why there is none.

@@ -88,6 +88,9 @@ func TestBootAnswers(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			// Every request of an accepted machine carries its hints,
+			// whatever the boot answer (TestBootHints covers them).
+			tc.want.Hints = "keyd=10.0.0.1:7443"
 			if diff := cmp.Diff(tc.want, got); diff != "" {
 				t.Errorf("answer (-want +got):\n%s", diff)
 			}
@@ -101,8 +104,8 @@ func TestNoHTTPBaseNoBIOS(t *testing.T) {
 	mac := mustMAC(t, "52:54:00:00:00:02")
 	s.Accept(mac.String(), "", "admin")
 	for _, req := range []Request{{MAC: mac, Arch: ArchX64UEFIHTTP, HTTPBoot: true}, {MAC: mac, Arch: ArchBIOS, PXE: true}} {
-		if a, err := s.Boot(context.Background(), req); err != nil || a != (Answer{}) {
-			t.Errorf("Boot(%+v) = %+v, %v; want no answer", req, a, err)
+		if a, err := s.Boot(context.Background(), req); err != nil || a != (Answer{Hints: "keyd=10.0.0.1:7443"}) {
+			t.Errorf("Boot(%+v) = %+v, %v; want no boot answer, only hints", req, a, err)
 		}
 	}
 	// iPXE without an HTTP base falls back to TFTP.

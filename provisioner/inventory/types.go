@@ -8,7 +8,6 @@ import (
 	"encoding/hex"
 	"fmt"
 	"net"
-	"net/netip"
 	"slices"
 	"strings"
 	"time"
@@ -101,6 +100,10 @@ type Profile struct {
 	// KeydHints are keyd addresses handed to the node. Hints only: a wrong
 	// one stops a boot but never yields a secret (ARCHITECTURE §1).
 	KeydHints []string `json:"keyd_hints,omitempty"`
+	// Cluster is the cluster ID handed to the node with the keyd hints
+	// (option 224, see HintText). Also only a hint: the node's join
+	// evidence binds the cluster ID it was built for (ARCHITECTURE §4.2).
+	Cluster string `json:"cluster,omitempty"`
 	// Cmdline holds kernel command-line extras for the node.
 	Cmdline string `json:"cmdline,omitempty"`
 }
@@ -151,12 +154,19 @@ func (p *Profile) Validate() error {
 	if !slices.Contains(Roles, p.Role) {
 		return fieldErr("role", "%q is not one of %s", p.Role, strings.Join(Roles, ", "))
 	}
+	if len(p.KeydHints) > MaxKeydHints {
+		return fieldErr("keyd_hints", "%d addresses, the node takes at most %d", len(p.KeydHints), MaxKeydHints)
+	}
 	for i, h := range p.KeydHints {
-		if _, err := netip.ParseAddrPort(h); err != nil {
-			if _, _, err2 := net.SplitHostPort(h); err2 != nil || strings.ContainsAny(h, " /") {
-				return fieldErr(fmt.Sprintf("keyd_hints[%d]", i), "%q is not host:port", h)
-			}
+		if err := checkKeydHint(h); err != nil {
+			return fieldErr(fmt.Sprintf("keyd_hints[%d]", i), "%v", err)
 		}
+	}
+	if p.Cluster != "" && !validCluster(p.Cluster) {
+		return fieldErr("cluster", "%q: want 1-64 of [A-Za-z0-9._-]", p.Cluster)
+	}
+	if n := len(p.HintText()); n > MaxHintText {
+		return fieldErr("keyd_hints", "keyd_hints and cluster make %d bytes of DHCP option 224, at most %d are sent", n, MaxHintText)
 	}
 	if strings.ContainsAny(p.Cmdline, "\n\r\x00") || len(p.Cmdline) > 2048 {
 		return fieldErr("cmdline", "must be one line of at most 2048 bytes")
