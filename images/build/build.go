@@ -175,6 +175,9 @@ func Build(ctx context.Context, o Options) (*Result, error) {
 		return nil, err
 	}
 	cfg.Stages = presentStages(o, cfg.Stages, bins)
+	if err := addUserland(ctx, o, work, a); err != nil {
+		return nil, err
+	}
 	if err := addRoots(o, a); err != nil {
 		return nil, err
 	}
