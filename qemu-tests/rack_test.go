@@ -59,6 +59,17 @@ type rack struct {
 
 type acceptRule struct{ mac, profile, image string }
 
+// platform is the provisioner profile's (informational) platform.
+func (a acceptRule) platform() string {
+	switch {
+	case strings.HasPrefix(a.profile, "snp"):
+		return "sev-snp"
+	case strings.HasPrefix(a.profile, "tdx"):
+		return "tdx"
+	}
+	return "tpm"
+}
+
 type syncBuffer struct {
 	mu sync.Mutex
 	b  bytes.Buffer
@@ -287,8 +298,8 @@ func (r *rack) serve(rules ...acceptRule) {
 			if err := os.WriteFile(filepath.Join(imgs, name), b, 0o644); err != nil {
 				t.Fatal(err)
 			}
-			profiles = append(profiles, fmt.Sprintf(`{"name": %q, "image": %q, "platform": "tpm", "role": "worker", "keyd_hints": [%q]}`,
-				a.profile, name, r.keydAddr))
+			profiles = append(profiles, fmt.Sprintf(`{"name": %q, "image": %q, "platform": %q, "role": "worker", "keyd_hints": [%q], "cluster": %q}`,
+				a.profile, name, a.platform(), r.keydAddr, testCluster))
 		}
 		accepts = append(accepts, fmt.Sprintf(`{"name": %q, "mac_prefix": %q, "profile": %q}`, "m"+strings.ReplaceAll(a.mac, ":", ""), a.mac, a.profile))
 	}
