@@ -44,7 +44,18 @@ type Boot struct {
 	HTTPURL string
 	// ServerIP is next-server (siaddr); nil means the listening address.
 	ServerIP net.IP
+	// Hints is the value of option OptionHints for this client, whether or
+	// not it network-boots: in authoritative mode it is sent in OFFER and
+	// ACK when the client's parameter request list asks for the option.
+	// Proxy mode never sends it (see Server).
+	Hints []byte
 }
+
+// OptionHints carries the node's keyd addresses and cluster ID, as text
+// ("keyd=HOST:PORT[,HOST:PORT…] cluster=ID"). 224 is the first
+// site-specific option (RFC 3942 §4); the node's init asks for it in its
+// parameter request list.
+const OptionHints = 224
 
 func (b Boot) zero() bool { return b.TFTPFile == "" && b.HTTPURL == "" && b.ServerIP == nil }
 

@@ -20,6 +20,8 @@ func seedPackets(t testing.TB) [][]byte {
 		msg(t, dhcpv4.MessageTypeDecline, "02:00:00:00:00:01", dhcpv4.WithOption(dhcpv4.OptRequestedIPAddress(ip))),
 		msg(t, dhcpv4.MessageTypeInform, "02:00:00:00:00:01", dhcpv4.WithClientIP(ip)),
 		msg(t, dhcpv4.MessageTypeDiscover, "02:00:00:00:00:02", withVendor("HTTPClient:Arch:00016"), withArch(16)),
+		msg(t, dhcpv4.MessageTypeDiscover, "02:00:00:00:00:03", askHints()...),
+		msg(t, dhcpv4.MessageTypeRequest, "02:00:00:00:00:01", append(askHints(), dhcpv4.WithClientIP(ip))...),
 	} {
 		b := m.ToBytes()
 		out = append(out, b)
@@ -42,7 +44,11 @@ func FuzzHandle(f *testing.F) {
 	// One server per mode for the whole run: state carries over between
 	// inputs, as it does in production. fsync is off here, only here: the
 	// fuzzer looks for crashes, and durability has its own tests.
-	p := &recordingPolicy{boots: map[string]Boot{"02:00:00:00:00:01": {TFTPFile: "x.efi", HTTPURL: "http://h/x"}, "02:00:00:00:00:02": {HTTPURL: "http://h/y"}}}
+	p := &recordingPolicy{boots: map[string]Boot{
+		"02:00:00:00:00:01": {TFTPFile: "x.efi", HTTPURL: "http://h/x", Hints: bytes.Repeat([]byte("h"), 600)},
+		"02:00:00:00:00:02": {HTTPURL: "http://h/y"},
+		"02:00:00:00:00:03": {Hints: []byte(testHints)},
+	}}
 	auth := newHarness(f, authConfig(f), p)
 	auth.s.store.db.NoSync = true
 	prox := newHarness(f, proxyConfig(), p)
@@ -66,6 +72,17 @@ func FuzzHandle(f *testing.F) {
 				}
 				if r.OpCode != dhcpv4.OpcodeBootReply || !bytes.Equal(r.TransactionID[:], b[4:8]) {
 					t.Fatalf("reply op %v xid %v for request xid %x", r.OpCode, r.TransactionID, b[4:8])
+				}
+				if r.Options.Has(dhcpv4.GenericOptionCode(OptionHints)) {
+					// Hints only when asked, and within the client's limit.
+					m, _ := dhcpv4.FromBytes(b)
+					limit := 576
+					if v, err := m.MaxMessageSize(); err == nil && int(v) > limit {
+						limit = int(v)
+					}
+					if proxy || !bytes.Contains(m.Options.Get(dhcpv4.OptionParameterRequestList), []byte{OptionHints}) || len(out.b)+28 > limit {
+						t.Fatalf("option 224 sent: proxy %v, request list %v, %d bytes for limit %d", proxy, m.ParameterRequestList(), len(out.b), limit)
+					}
 				}
 			}
 		}

@@ -379,6 +379,11 @@ func (s *Server) addBoot(ctx context.Context, l *listener, m *dhcpv4.DHCPv4, r *
 		s.log.Warn("dhcp: boot policy failed", "mac", c.MAC, "err", err)
 		return false
 	}
+	if !proxy {
+		// Added last, after the boot options, so the size check below
+		// sees the whole reply.
+		defer s.addHints(m, r, b.Hints)
+	}
 	if b.zero() {
 		return false
 	}
@@ -421,6 +426,40 @@ func (s *Server) addBoot(ctx context.Context, l *listener, m *dhcpv4.DHCPv4, r *
 		}
 	}
 	return true
+}
+
+// addHints adds option OptionHints to an authoritative reply when the
+// client asked for it in its parameter request list (option 55): RFC 2132
+// §9.8 lets a server send only what was asked for, and a firmware that did
+// not ask has no use for it. Text over 255 bytes goes out as several
+// instances of the option (RFC 3396 §5; dhcpv4's encoder splits). A reply
+// that would outgrow what the client accepts (option 57, at least 576
+// octets of IP datagram, RFC 2132 §9.10) loses the hints, not the lease.
+//
+// Proxy replies never carry hints: a proxy answers only boot firmware, and
+// the booted OS gets its lease from the site's DHCP server, so there the
+// hints come from the UKI's cmdline (palisade.keyd=, palisade.cluster=) or
+// from the site's DHCP server sending option 224.
+func (s *Server) addHints(m, r *dhcpv4.DHCPv4, hints []byte) {
+	// Not dhcpv4's IsOptionRequested: it counts a missing list as asking
+	// for everything.
+	if len(hints) == 0 || bytes.IndexByte(m.Options.Get(dhcpv4.OptionParameterRequestList), OptionHints) < 0 {
+		return
+	}
+	r.Options[OptionHints] = hints
+	limit := 576
+	if v, err := m.MaxMessageSize(); err == nil && int(v) > limit {
+		limit = int(v)
+	}
+	// 28 = IPv4 and UDP headers: the limit counts the IP datagram.
+	if len(r.ToBytes())+28 > limit {
+		delete(r.Options, OptionHints)
+		s.met.hints.WithLabelValues("too_large").Inc()
+		s.log.Warn("dhcp: keyd hints left out, the reply would exceed the client's maximum message size",
+			"mac", m.ClientHWAddr, "max", limit, "hints_bytes", len(hints))
+		return
+	}
+	s.met.hints.WithLabelValues("sent").Inc()
 }
 
 // fileField is what goes into the 128-byte file field: the name when it

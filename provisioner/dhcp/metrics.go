@@ -40,6 +40,9 @@ type metrics struct {
 	batchSize    prometheus.Histogram
 	commitTime   prometheus.Histogram
 	commitErrors prometheus.Counter
+	// hints counts option OptionHints by outcome: sent, or too_large for
+	// the client's maximum message size.
+	hints *prometheus.CounterVec
 }
 
 type hotKey struct {
@@ -73,6 +76,10 @@ func newMetrics() *metrics {
 			Name: "provisioner_dhcp_commit_errors_total",
 			Help: "Lease batches whose commit failed (their ACKs were not sent).",
 		}),
+		hints: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "provisioner_dhcp_hints_total",
+			Help: "Replies to clients that asked for option 224 (keyd hints), by outcome: sent, too_large.",
+		}, []string{"result"}),
 	}
 	m.hot = map[hotKey]prometheus.Counter{}
 	for _, t := range []dhcpv4.MessageType{dhcpv4.MessageTypeDiscover, dhcpv4.MessageTypeRequest,
@@ -98,7 +105,7 @@ func (m *metrics) register(reg prometheus.Registerer, inUse func() float64) erro
 	if reg == nil {
 		return nil
 	}
-	cs := []prometheus.Collector{m.packets, m.bad, m.batchSize, m.commitTime, m.commitErrors}
+	cs := []prometheus.Collector{m.packets, m.bad, m.batchSize, m.commitTime, m.commitErrors, m.hints}
 	if inUse != nil {
 		cs = append(cs, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "provisioner_dhcp_leases_in_use",
