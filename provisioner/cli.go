@@ -76,7 +76,7 @@ func (c *CLI) commands() map[string]*command {
 		"machines report": {"MAC STATE [--detail TEXT]", "Record a state reported by the cluster: attested, joined or failed.", "provisioner machines report 52:54:00:12:34:56 joined --detail node-7", (*CLI).machinesReport, func(fs *flag.FlagSet) { fs.String("detail", "", "free text") }, 2, true},
 		"profiles list":   {"[--json]", "List profiles.", "provisioner profiles list", (*CLI).profilesList, func(fs *flag.FlagSet) { fs.Bool("json", false, "JSON output") }, 0, true},
 		"profiles show":   {"NAME", "Show a profile as JSON.", "provisioner profiles show worker", (*CLI).profilesShow, nil, 1, true},
-		"profiles set":    {"NAME --image F --platform P --role R [--image-arm64 F] [--keyd-hint H:P]… [--cmdline S]", "Create or replace a profile.", "provisioner profiles set worker --image palisade-uki.efi --platform tpm --role worker --keyd-hint 10.0.0.2:7443", (*CLI).profilesSet, profileFlags, 1, true},
+		"profiles set":    {"NAME --image F --platform P --role R [--image-arm64 F] [--keyd-hint H:P]… [--cluster ID] [--cmdline S]", "Create or replace a profile. Keyd hints and the cluster reach the node as DHCP option 224 (authoritative mode).", "provisioner profiles set worker --image palisade-uki.efi --platform tpm --role worker --keyd-hint 10.0.0.2:7443 --cluster prod", (*CLI).profilesSet, profileFlags, 1, true},
 		"profiles delete": {"NAME", "Delete a profile no machine uses.", "provisioner profiles delete old", (*CLI).profilesDelete, nil, 1, true},
 		"images add": {"FILE [--name NAME]", "Copy an image into the images directory (checked by SHA-256).", "provisioner images add out/palisade-uki.efi", (*CLI).imagesAdd, func(fs *flag.FlagSet) {
 			fs.String("name", "", "name in the images directory (default: the file's base name)")
@@ -96,7 +96,8 @@ func profileFlags(fs *flag.FlagSet) {
 	fs.String("image-arm64", "", "arm64 UKI file name")
 	fs.String("platform", "tpm", "tpm, sev-snp or tdx")
 	fs.String("role", "worker", "control-plane or worker")
-	fs.Var(&multi{}, "keyd-hint", "keyd address host:port handed to the node (repeatable)")
+	fs.Var(&multi{}, "keyd-hint", "keyd address host:port handed to the node (repeatable, at most 16)")
+	fs.String("cluster", "", "cluster ID handed to the node (1-64 of A-Za-z0-9._-)")
 	fs.String("cmdline", "", "kernel command-line extras")
 }
 
@@ -425,9 +426,9 @@ func (c *CLI) profilesList(ctx context.Context, fs *flag.FlagSet, _ []string) er
 		return c.printJSON(ps)
 	}
 	tw := tabwriter.NewWriter(c.Stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "NAME\tIMAGE\tPLATFORM\tROLE\tKEYD HINTS")
+	fmt.Fprintln(tw, "NAME\tIMAGE\tPLATFORM\tROLE\tKEYD HINTS\tCLUSTER")
 	for _, p := range ps {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", p.Name, p.Image, p.Platform, p.Role, dash(strings.Join(p.KeydHints, ",")))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", p.Name, p.Image, p.Platform, p.Role, dash(strings.Join(p.KeydHints, ",")), dash(p.Cluster))
 	}
 	return tw.Flush()
 }
@@ -445,14 +446,24 @@ func (c *CLI) profilesShow(ctx context.Context, fs *flag.FlagSet, args []string)
 }
 
 func (c *CLI) profilesSet(ctx context.Context, fs *flag.FlagSet, args []string) error {
-	cl, err := c.client(fs)
-	if err != nil {
-		return err
-	}
 	p := inventory.Profile{
 		Name: args[0], Image: str(fs, "image"), ImageARM64: str(fs, "image-arm64"),
 		Platform: str(fs, "platform"), Role: str(fs, "role"), Cmdline: str(fs, "cmdline"),
 		KeydHints: []string(*fs.Lookup("keyd-hint").Value.(*multi)),
+		Cluster:   str(fs, "cluster"),
+	}
+	// Checked here too (the server checks again), so a typo is named by
+	// its flag before anything is sent.
+	if err := p.Validate(); err != nil {
+		var fe *inventory.FieldError
+		if errors.As(err, &fe) {
+			return fmt.Errorf("%s: %s", profileFlag(fe.Field), fe.Msg)
+		}
+		return err
+	}
+	cl, err := c.client(fs)
+	if err != nil {
+		return err
 	}
 	if err := cl.PutProfile(ctx, p); err != nil {
 		return err
@@ -522,4 +533,16 @@ func (c *CLI) imagesList(ctx context.Context, fs *flag.FlagSet, _ []string) erro
 		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\n", i.Name, i.Size, i.SHA256, i.Modified.Format(time.RFC3339))
 	}
 	return tw.Flush()
+}
+
+// profileFlag names the flag (or argument) behind a Profile field.
+func profileFlag(field string) string {
+	field, _, _ = strings.Cut(field, "[")
+	switch field {
+	case "name":
+		return "NAME"
+	case "keyd_hints":
+		return "--keyd-hint"
+	}
+	return "--" + strings.ReplaceAll(field, "_", "-")
 }

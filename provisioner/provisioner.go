@@ -288,7 +288,11 @@ func (p policy) Boot(ctx context.Context, c dhcp.Client) (dhcp.Boot, error) {
 	if err != nil {
 		return dhcp.Boot{}, err
 	}
-	return dhcp.Boot{TFTPFile: a.TFTPFile, HTTPURL: a.HTTPURL}, nil
+	b := dhcp.Boot{TFTPFile: a.TFTPFile, HTTPURL: a.HTTPURL}
+	if a.Hints != "" {
+		b.Hints = []byte(a.Hints)
+	}
+	return b, nil
 }
 
 // Leased records the address a machine was acknowledged, so its TFTP and

@@ -23,6 +23,21 @@ func TestTemplateParses(t *testing.T) {
 	if len(c.Profiles) != 1 || c.Boot.DefaultProfile != "worker" {
 		t.Errorf("profiles %+v", c.Profiles)
 	}
+	if !strings.Contains(Template, `"cluster":`) || !strings.Contains(Template, "option\n  // 224") {
+		t.Error("template does not document profiles[].cluster and option 224")
+	}
+}
+
+func TestProfileCluster(t *testing.T) {
+	c, err := Parse([]byte(`{"version":1,"data_dir":"/d","api":{"admin_token_file":"/t"},
+		"profiles":[{"name":"cp","image":"i","platform":"sev-snp","role":"control-plane",
+		"keyd_hints":["10.0.0.2:7443"],"cluster":"prod.eu-1"}]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := c.Profiles[0]; p.Cluster != "prod.eu-1" || p.HintText() != "keyd=10.0.0.2:7443 cluster=prod.eu-1" {
+		t.Errorf("profile %+v, hints %q", p, p.HintText())
+	}
 }
 
 func TestMinimal(t *testing.T) {
@@ -53,6 +68,9 @@ func TestValidateNamesField(t *testing.T) {
 		{`{"version":1,` + base + `,"boot":{"http_base":"ftp://x"}}`, "boot.http_base"},
 		{`{"version":1,` + base + `,"boot":{"bios_file":"../x"}}`, "boot.bios_file"},
 		{`{"version":1,` + base + `,"profiles":[{"name":"a","image":"i","platform":"sgx","role":"worker"}]}`, "profiles[0].platform"},
+		{`{"version":1,` + base + `,"profiles":[{"name":"a","image":"i","platform":"tpm","role":"worker","cluster":"a b"}]}`, "profiles[0].cluster"},
+		{`{"version":1,` + base + `,"profiles":[{"name":"a","image":"i","platform":"tpm","role":"worker","cluster":"` + strings.Repeat("c", 65) + `"}]}`, "profiles[0].cluster"},
+		{`{"version":1,` + base + `,"profiles":[{"name":"a","image":"i","platform":"tpm","role":"worker","keyd_hints":["10.0.0.2:0"]}]}`, "profiles[0].keyd_hints[0]"},
 		{`{"version":1,` + base + `,"profiles":[{"name":"a","image":"i","platform":"tpm","role":"worker"},{"name":"a","image":"i","platform":"tpm","role":"worker"}]}`, "profiles[1].name"},
 		{`{"version":1,` + base + `,"accept":[{"name":"r"}]}`, "accept[0].mac_prefix"},
 		{`{"version":1,` + base + `,"log":{"level":"loud"}}`, "log.level"},

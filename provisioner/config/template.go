@@ -73,7 +73,11 @@ const Template = `// Palisade provisioner configuration (docs/provisioner.md).
   ],
 
   // Written into the inventory at start. platform: tpm, sev-snp, tdx;
-  // role: control-plane, worker. keyd_hints and cmdline are only hints.
+  // role: control-plane, worker. keyd_hints (up to 16 host:port) and
+  // cluster (1-64 of A-Za-z0-9._-) reach accepted machines as DHCP option
+  // 224, "keyd=H:P,H:P cluster=ID", in authoritative mode; in proxy mode
+  // the site's DHCP server or the UKI's cmdline (palisade.keyd=,
+  // palisade.cluster=) must carry them. Like cmdline, they are only hints.
   "profiles": [
     {
       "name": "worker",
@@ -81,6 +85,8 @@ const Template = `// Palisade provisioner configuration (docs/provisioner.md).
       "platform": "tpm",
       "role": "worker",
       "keyd_hints": [],
+      // "keyd_hints": ["10.20.0.2:7443", "10.20.0.3:7443"],
+      "cluster": "",
       "cmdline": ""
     }
   ],

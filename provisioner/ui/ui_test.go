@@ -130,7 +130,8 @@ func artifact(t *testing.T, name string, b []byte) {
 // API agrees.
 func TestBrowserAccept(t *testing.T) {
 	srv, inv := serve(t)
-	if err := inv.PutProfile(inventory.Profile{Name: "worker", Image: "uki.efi", Platform: "tpm", Role: "worker"}); err != nil {
+	if err := inv.PutProfile(inventory.Profile{Name: "worker", Image: "uki.efi", Platform: "tpm", Role: "worker",
+		KeydHints: []string{"10.0.0.2:7443", "10.0.0.3:7443"}, Cluster: "prod-1"}); err != nil {
 		t.Fatal(err)
 	}
 	const mac = "52:54:00:00:00:01"
@@ -162,6 +163,11 @@ func TestBrowserAccept(t *testing.T) {
 		chromedp.Click(chromedp.ID("login-submit")),
 		chromedp.WaitVisible(css(row+" .state-discovered")),
 	)
+	// Profiles show what their machines are hinted.
+	do(chromedp.WaitVisible(css(`tr[data-profile="worker"] .cluster`)))
+	if c, k := text(`tr[data-profile="worker"] .cluster`), text(`tr[data-profile="worker"] .keyd`); c != "prod-1" || k != "10.0.0.2:7443, 10.0.0.3:7443" {
+		t.Errorf("profile row: cluster %q, keyd hints %q", c, k)
+	}
 	before := text(row + " .state")
 	do(
 		chromedp.Click(css(row+" button.accept")),

@@ -68,6 +68,7 @@ async function refresh() {
   try {
     const ms = await api("GET", "machines");
     render(ms);
+    renderProfiles(await api("GET", "profiles"));
     if (selected) await showTimeline(selected);
     $("error").textContent = "";
   } catch (e) {
@@ -98,6 +99,18 @@ function render(ms) {
     tl.addEventListener("click", () => { selected = m.mac; refresh(); });
     act.append(" ", tl);
     tr.append(act);
+    body.append(tr);
+  }
+}
+
+function renderProfiles(ps) {
+  const body = $("profiles").querySelector("tbody");
+  body.replaceChildren();
+  for (const p of ps || []) {
+    const tr = document.createElement("tr");
+    tr.dataset.profile = p.name;
+    tr.append(el("td", p.name), el("td", p.image), el("td", p.platform), el("td", p.role),
+      el("td", (p.keyd_hints || []).join(", "), "keyd"), el("td", p.cluster || "", "cluster"));
     body.append(tr);
   }
 }
