@@ -3,9 +3,12 @@ package provisioner
 import (
 	"context"
 	"errors"
+	"flag"
 	"net"
 	"net/http/httptest"
+	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -120,5 +123,46 @@ func TestPolicyHints(t *testing.T) {
 	}
 	if b, err := pol.Boot(ctx, dhcp.Client{MAC: stranger, MessageType: "DISCOVER"}); err != nil || b.Hints != nil {
 		t.Errorf("discovered machine: %+v, %v; want no hints", b, err)
+	}
+}
+
+// TestDocsProfileFields: docs/provisioner.md lists every profile field in
+// the profiles[] row of the configuration reference and every flag of
+// profiles set in the command-line synopsis, so a new field is documented.
+func TestDocsProfileFields(t *testing.T) {
+	b, err := os.ReadFile("../docs/provisioner.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc := string(b)
+	var row, synopsis string
+	for _, l := range strings.Split(doc, "\n") {
+		if strings.HasPrefix(l, "| `profiles[]` |") {
+			row = l
+		}
+	}
+	if i := strings.Index(doc, "provisioner profiles set NAME"); i >= 0 {
+		synopsis, _, _ = strings.Cut(doc[i:], "\nprovisioner profiles delete")
+	}
+	if row == "" || synopsis == "" {
+		t.Fatal("docs/provisioner.md lacks the profiles[] row or the profiles set synopsis")
+	}
+	for f := range reflect.TypeFor[inventory.Profile]().Fields() {
+		name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+		if !strings.Contains(row, "`"+name+"`") {
+			t.Errorf("profiles[] row lacks `%s`", name)
+		}
+	}
+	fs := flag.NewFlagSet("", flag.ContinueOnError)
+	profileFlags(fs)
+	fs.VisitAll(func(f *flag.Flag) {
+		if !strings.Contains(synopsis, "--"+f.Name+" ") {
+			t.Errorf("profiles set synopsis lacks --%s", f.Name)
+		}
+	})
+	for _, want := range []string{"### Keyd hints: DHCP option 224", "keyd=HOST:PORT[,HOST:PORT…] cluster=ID", "RFC 3396", "Proxy mode never sends hints"} {
+		if !strings.Contains(doc, want) {
+			t.Errorf("docs lack %q", want)
+		}
 	}
 }

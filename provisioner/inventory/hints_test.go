@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	bolt "go.etcd.io/bbolt"
 
 	initapi "github.com/palisade-cc/palisade/initramfs/api"
 )
@@ -86,6 +87,13 @@ func TestHintsValidation(t *testing.T) {
 		{"comma", func(p *Profile) { p.KeydHints = []string{"10.0.0.2:7443,10.0.0.3:7443"} }, "keyd_hints[0]"},
 		{"space", func(p *Profile) { p.KeydHints = []string{"10.0.0.2:7443 cluster=evil"} }, "keyd_hints[0]"},
 		{"equals", func(p *Profile) { p.KeydHints = []string{"a=b:7443"} }, "keyd_hints[0]"},
+		// An IPv6 zone is free text to netip; the option's separators
+		// must not get through it.
+		{"zone", func(p *Profile) { p.KeydHints = []string{"[fe80::1%eth0]:7443"} }, ""},
+		{"zone space", func(p *Profile) { p.KeydHints = []string{"[fe80::1%a cluster]:7443"} }, "keyd_hints[0]"},
+		{"zone comma", func(p *Profile) { p.KeydHints = []string{"[fe80::1%a,b]:7443"} }, "keyd_hints[0]"},
+		{"zone equals", func(p *Profile) { p.KeydHints = []string{"[fe80::1%a=b]:7443"} }, "keyd_hints[0]"},
+		{"zone non-ascii", func(p *Profile) { p.KeydHints = []string{"[fe80::1%é]:7443"} }, "keyd_hints[0]"},
 		{"bad dns label", func(p *Profile) { p.KeydHints = []string{"-keyd.example:7443"} }, "keyd_hints[0]"},
 		{"second bad", func(p *Profile) { p.KeydHints = []string{"10.0.0.2:7443", "x_y:1"} }, "keyd_hints[1]"},
 		{"ipv6", func(p *Profile) { p.KeydHints = []string{"[fd00::1]:7443"} }, ""},
@@ -184,6 +192,17 @@ func TestBootHints(t *testing.T) {
 	}
 	if a := boot(m2, osReq); a.Hints != "cluster=prod" {
 		t.Errorf("joined machine: %+v", a)
+	}
+	// A profile stored by an older, laxer build: no hints rather than text
+	// the init would refuse whole.
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket(bProfiles).Put([]byte("cp"), []byte(`{"name":"cp","image":"cp.efi","platform":"sev-snp","role":"control-plane","keyd_hints":["10.0.0.2:0"],"cluster":"prod"}`))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a := boot(m2, osReq); a != (Answer{}) {
+		t.Errorf("stale invalid profile: %+v; want no hints", a)
 	}
 	// No default profile and none assigned: nothing.
 	s2 := open(t, Options{})
