@@ -3,6 +3,7 @@ package inventory
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 
@@ -215,4 +216,35 @@ func TestBootHints(t *testing.T) {
 	if a, err := s2.Boot(ctx, Request{MAC: mustMAC(t, m4), MessageType: "REQUEST"}); err != nil || a != (Answer{}) {
 		t.Errorf("accepted without any profile: %+v, %v", a, err)
 	}
+}
+
+// FuzzProfileHints: whatever profile Validate accepts, the init parses its
+// hint text back to the same addresses and cluster, and the text is within
+// the bound the DHCP server can send.
+func FuzzProfileHints(f *testing.F) {
+	f.Add("10.0.0.2:7443", "[fe80::1%eth0]:1", "c1")
+	f.Add("keyd.example:65535", "", "")
+	f.Add("a:1,b:2", "x y:3", "c=1")
+	f.Fuzz(func(t *testing.T, k1, k2, cluster string) {
+		p := Profile{Name: "p", Image: "u.efi", Platform: "tpm", Role: "worker", Cluster: cluster}
+		for _, k := range []string{k1, k2} {
+			if k != "" {
+				p.KeydHints = append(p.KeydHints, k)
+			}
+		}
+		if p.Validate() != nil {
+			return
+		}
+		text := p.HintText()
+		if len(text) > MaxHintText {
+			t.Fatalf("valid profile yields %d bytes of hints", len(text))
+		}
+		h, err := initapi.ParseDHCPOption([]byte(text))
+		if err != nil {
+			t.Fatalf("valid profile %+v: init refuses %q: %v", p, text, err)
+		}
+		if !slices.Equal(h.Keyd, p.KeydHints) || h.Cluster != p.Cluster {
+			t.Fatalf("init read %q as keyd %q cluster %q", text, h.Keyd, h.Cluster)
+		}
+	})
 }
