@@ -14,6 +14,7 @@ require (
 	github.com/insomniacslk/dhcp v0.0.0-20260901064844-234b97448fae
 	github.com/pin/tftp/v3 v3.1.0
 	github.com/prometheus/client_golang v1.25.0
+	github.com/siderolabs/go-blockdevice/v2 v2.0.19
 	go.etcd.io/bbolt v1.5.0
 	go.etcd.io/etcd/client/v3 v3.6.16
 	golang.org/x/crypto v0.58.0
@@ -22,6 +23,8 @@ require (
 	golang.org/x/sys v0.49.0
 	google.golang.org/protobuf v1.36.12
 )
+
+require github.com/siderolabs/gen v0.8.5 // indirect
 
 require (
 	github.com/atotto/clipboard v0.1.4 // indirect
