@@ -411,8 +411,8 @@ func TestDeny(t *testing.T) {
 
 	t.Run("pcr-reset", func(t *testing.T) {
 		f := newFixture(t, tpmtest.Config{}, nil)
-		// PCR 10 is quoted but in no reference: only the replay sees it.
-		if err := f.sim.Extend(10, []byte("measured outside the log")); err != nil {
+		// PCR 14 is quoted but in no reference: only the replay sees it.
+		if err := f.sim.Extend(14, []byte("measured outside the log")); err != nil {
 			t.Fatal(err)
 		}
 		ev, err := f.att.Attest(context.Background(), f.send, f.binding)
