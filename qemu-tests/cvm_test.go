@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"regexp"
+	"strings"
 	"testing"
 
 	"github.com/palisade-cc/palisade/internal/attest"
@@ -145,6 +147,10 @@ func TestCVM(t *testing.T) {
 				t.Fatal("a UKI with another initrd measures like the image")
 			}
 			v.Expect(`^attestd: denied by keyd`, bootTimeout)
+			node := strings.ReplaceAll(bad.mac, ":", "-")
+			if !regexp.MustCompile(`class=measurement .*` + node).MatchString(r.keydLog.String()) {
+				t.Errorf("keyd's log has no measurement denial of %s:\n%s", node, tail(r.keydLog.String(), 20))
+			}
 		})
 	}
 }
