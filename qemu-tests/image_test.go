@@ -68,6 +68,9 @@ func outDir() string {
 // firmwareDir is the pinned firmware scripts/firmware.sh built, or "".
 func firmwareDir() string {
 	if d := os.Getenv("PALISADE_FIRMWARE"); d != "" {
+		if !filepath.IsAbs(d) { // relative to the repository root
+			d, _ = filepath.Abs(filepath.Join("..", d))
+		}
 		return d
 	}
 	m, _ := filepath.Glob(filepath.Join("..", "out", "firmware", "*", "SHA256SUMS"))

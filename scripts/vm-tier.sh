@@ -10,6 +10,6 @@ cd "$(dirname "$0")/.."
 scripts/deps.sh vm
 scripts/deps.sh firmware
 start=$(date +%s)
-fw=$(scripts/firmware.sh | tail -n 1)
+fw=$(realpath "$(scripts/firmware.sh | tail -n 1)")
 echo "VM tier: firmware ready in $(( $(date +%s) - start )) s: $fw"
 PALISADE_FIRMWARE="$fw" PALISADE_VM_TESTS=1 go test -json -count=1 -p 1 -timeout 30m ./qemu-tests/... | go run ./tools/testsum
