@@ -38,7 +38,7 @@ var phaseEnds = []struct {
 	{"kernel", false, regexp.MustCompile(`Run /init as init process`)},
 	{"init", true, regexp.MustCompile(`msg="stage start".*stage=attestd`)},
 	{"attest", true, regexp.MustCompile(`^attestd: (admitted|denied)`)},
-	{"unlock", true, regexp.MustCompile(`^attestd: (unlocked|formatted)`)},
+	{"unlock", true, regexp.MustCompile(`^attestd: disk: (unlocked|none)`)},
 	{"mesh", true, regexp.MustCompile(`^meshd: (up|mesh up)`)},
 }
 
