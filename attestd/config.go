@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/palisade-cc/palisade/attestd/disk"
 	iapi "github.com/palisade-cc/palisade/initramfs/api"
 	"github.com/palisade-cc/palisade/internal/roots"
 )
@@ -65,6 +66,9 @@ type Config struct {
 	// AttemptTimeout bounds one connection to one keyd (handshake and
 	// request).
 	AttemptTimeout time.Duration
+	// Disk is the state-disk step (docs/attestd.md §Disks). Its zero
+	// Mode is off: only the command turns it on by default.
+	Disk disk.Config
 }
 
 // SetDefaults fills the zero fields with the production values.
@@ -86,6 +90,7 @@ func (c *Config) SetDefaults() {
 			*d.p = d.v
 		}
 	}
+	c.Disk.SetDefaults()
 }
 
 // Validate names the first bad field.
@@ -101,6 +106,9 @@ func (c *Config) Validate() error {
 	}
 	if c.BackoffMax < c.BackoffMin {
 		return fmt.Errorf("config backoff-max %s: below backoff-min %s", c.BackoffMax, c.BackoffMin)
+	}
+	if err := c.Disk.Validate(); err != nil {
+		return fmt.Errorf("config %w", err)
 	}
 	return nil
 }

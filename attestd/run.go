@@ -15,6 +15,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/palisade-cc/palisade/attestd/disk"
 	"github.com/palisade-cc/palisade/internal/attest"
 	"github.com/palisade-cc/palisade/internal/manifest"
 	"github.com/palisade-cc/palisade/keyd/api"
@@ -28,6 +29,10 @@ const (
 	ExitDenied    = 3 // a verified keyd denied this node
 	ExitNoProfile = 4 // this machine matches no profile of the signed manifest
 	ExitDeadline  = 5 // no keyd verified and admitted the node in time
+	// State-disk refusals (docs/attestd.md §Disks).
+	ExitDiskForeign = 6 // no state disk; other disks hold data and were not touched
+	ExitDiskUUID    = 7 // the disk's LUKS UUID is not the one keyd recorded for this node
+	ExitDiskHeader  = 8 // the LUKS2 header was altered, or keyd's key does not open it
 )
 
 // ExitCode maps Run's error to the command's exit code.
@@ -35,6 +40,12 @@ func ExitCode(err error) int {
 	switch {
 	case err == nil:
 		return ExitAdmitted
+	case errors.Is(err, disk.ErrForeign):
+		return ExitDiskForeign
+	case errors.Is(err, disk.ErrUUIDMismatch):
+		return ExitDiskUUID
+	case errors.Is(err, disk.ErrHeaderAltered), errors.Is(err, disk.ErrKeyRejected):
+		return ExitDiskHeader
 	case errors.Is(err, ErrDenied):
 		return ExitDenied
 	case errors.Is(err, ErrNoProfile):
@@ -61,6 +72,9 @@ type Deps struct {
 	Sleep func(ctx context.Context, d time.Duration) error
 	// Jitter returns a value in [0, n); nil: math/rand/v2.
 	Jitter func(n int64) int64
+	// Disk are the state-disk step's dependencies (zero: production; a
+	// nil Disk.Console is Console).
+	Disk disk.Deps
 }
 
 func (d *Deps) defaults() {
@@ -90,6 +104,9 @@ func (d *Deps) defaults() {
 	}
 	if d.Jitter == nil {
 		d.Jitter = rand.Int64N
+	}
+	if d.Disk.Console == nil {
+		d.Disk.Console = d.Console
 	}
 }
 
@@ -127,6 +144,11 @@ type Record struct {
 // verifies the manifest, picks the profile, and admits over aTLS, retrying
 // the hints with back-off until cfg.Deadline. It writes the record to
 // RunDir/admission.json and returns the admission, disk keys included.
+//
+// With cfg.Disk.Mode auto it also runs the state-disk step: the disk is
+// found (and, if blank, partitioned) before the join so its LUKS UUID is
+// claimed, and formatted or opened and mounted after the admission, with
+// keyd's key, which is then wiped (the returned admission holds none).
 func Run(ctx context.Context, cfg Config, deps Deps, log *slog.Logger) (*Admission, error) {
 	cfg.SetDefaults()
 	deps.defaults()
@@ -179,7 +201,19 @@ func Run(ctx context.Context, cfg Config, deps Deps, log *slog.Logger) (*Admissi
 	}
 	pub := wg.PublicKey()
 	claims := attest.Claims{NodeID: nodeID, Role: attest.RoleNode, WireGuardKey: pub[:]}
-	if deps.DiskUUIDs != nil {
+	var step *disk.Step
+	var sd *disk.Disk
+	if cfg.Disk.Mode == disk.ModeAuto {
+		if step, err = disk.New(cfg.Disk, deps.Disk, log); err != nil {
+			return nil, err
+		}
+		if sd, err = step.Prepare(ctx); err != nil {
+			return nil, fmt.Errorf("state disk: %w", err)
+		}
+		if sd != nil {
+			claims.DiskUUIDs = []string{sd.UUID}
+		}
+	} else if deps.DiskUUIDs != nil {
 		if claims.DiskUUIDs, err = deps.DiskUUIDs(ctx); err != nil {
 			return nil, fmt.Errorf("disk uuids: %w", err)
 		}
@@ -189,6 +223,9 @@ func Run(ctx context.Context, cfg Config, deps Deps, log *slog.Logger) (*Admissi
 		hints: hints.Keyd, mach: mach, claims: claims}
 	adm, err := j.run(ctx)
 	if err != nil {
+		if sd != nil && errors.Is(err, ErrDenied) {
+			return nil, j.diskDenial(ctx, step, sd, err)
+		}
 		return nil, err
 	}
 	rb, err := json.MarshalIndent(adm.Record, "", "  ")
@@ -203,7 +240,46 @@ func Run(ctx context.Context, cfg Config, deps Deps, log *slog.Logger) (*Admissi
 	}
 	fmt.Fprintf(deps.Console, "attestd: admitted node=%s profile=%s platform=%s keyd=%s log_index=%d\n",
 		adm.NodeID, adm.Profile, adm.Platform, adm.Keyd, adm.LogIndex)
+	if sd != nil {
+		err := unlockDisk(ctx, step, sd, adm)
+		adm.Wipe()
+		if err != nil {
+			return nil, fmt.Errorf("state disk: %w", err)
+		}
+	}
 	return adm, nil
+}
+
+// unlockDisk formats or opens the state disk with keyd's key for its UUID.
+// No source gives nodes the owner's recovery key yet (keyd/api has no
+// field for it), so formatting needs cfg.Disk.WithoutRecoverySlot.
+func unlockDisk(ctx context.Context, step *disk.Step, sd *disk.Disk, adm *Admission) error {
+	for _, k := range adm.DiskKeys {
+		if k.UUID == sd.UUID {
+			return step.Unlock(ctx, sd, disk.Keys{Disk: k.Key})
+		}
+	}
+	return step.Refuse(sd.Partition, fmt.Errorf("%w: keyd returned no key for uuid=%s", disk.ErrUUIDMismatch, sd.UUID))
+}
+
+// diskDenial tells a denial caused by the disk apart from one of the node.
+// keyd denies the whole admission when a node claims a LUKS UUID other
+// than the one it recorded for it (a swapped disk), and says no more on
+// the wire. So the node asks the keyd that denied it once more, claiming
+// no disk: admitted then, the disk was the reason; the disk stays locked
+// either way and the admission is dropped.
+func (j *joiner) diskDenial(ctx context.Context, step *disk.Step, sd *disk.Disk, denial error) error {
+	j.claims.DiskUUIDs = nil
+	adm, err := j.try(ctx, j.deniedBy)
+	if err == nil {
+		adm.Wipe()
+		j.log.Error("keyd admits this node without its disk: the disk's LUKS UUID is not the one keyd recorded",
+			"keyd", j.deniedBy, "uuid", sd.UUID, "partition", sd.Partition)
+		return step.Refuse(sd.Partition, fmt.Errorf("%w: uuid=%s (the owner re-enrols a replaced disk)", disk.ErrUUIDMismatch, sd.UUID))
+	}
+	j.log.Info("keyd denies this node with or without its disk", "keyd", j.deniedBy, "err", err)
+	step.Refuse(sd.Partition, fmt.Errorf("keyd denied this node; uuid=%s left locked", sd.UUID))
+	return denial
 }
 
 type joiner struct {
@@ -219,6 +295,8 @@ type joiner struct {
 
 	man     *manifest.Manifest
 	profile *attest.Reference
+	// deniedBy is the keyd whose denial was final.
+	deniedBy string
 }
 
 // run tries every hint in order, then pauses (doubling from BackoffMin to
@@ -238,6 +316,7 @@ func (j *joiner) run(ctx context.Context) (*Admission, error) {
 				return adm, nil
 			}
 			if errors.Is(err, ErrDenied) {
+				j.deniedBy = addr
 				fmt.Fprintf(j.deps.Console, "attestd: denied by keyd %s\n", addr)
 				return nil, err
 			}

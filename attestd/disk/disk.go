@@ -209,7 +209,7 @@ func New(cfg Config, deps Deps, log *slog.Logger) (*Step, error) {
 		return nil, err
 	}
 	if deps.Exec == nil {
-		deps.Exec = runProgram
+		deps.Exec = RunProgram
 	}
 	if deps.Cryptsetup == "" {
 		deps.Cryptsetup = "cryptsetup"

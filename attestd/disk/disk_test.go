@@ -61,7 +61,7 @@ func (k *fakeKernel) Open(ctx context.Context, part, name string, key []byte) (s
 	if k.fail == "open" {
 		return "", errPowerCut
 	}
-	out, err := runProgram(ctx, [][]byte{key}, "cryptsetup", "open", "--test-passphrase", "--type", "luks2", "--key-file=-", part)
+	out, err := RunProgram(ctx, [][]byte{key}, "cryptsetup", "open", "--test-passphrase", "--type", "luks2", "--key-file=-", part)
 	var ee *exec.ExitError
 	if errors.As(err, &ee) && ee.ExitCode() == exitBadPassphrase {
 		return "", ErrKeyRejected
@@ -123,7 +123,7 @@ func (r *rig) exec(ctx context.Context, secrets [][]byte, name string, args ...s
 	if r.cut != "" && len(args) > 0 && args[0] == r.cut {
 		return nil, errPowerCut
 	}
-	return runProgram(ctx, secrets, name, args...)
+	return RunProgram(ctx, secrets, name, args...)
 }
 
 func (r *rig) step() *Step {
@@ -165,7 +165,7 @@ func (r *rig) state() State {
 
 // opens reports whether key opens keyslot slot of the partition.
 func (r *rig) opens(key []byte, slot string) bool {
-	_, err := runProgram(context.Background(), [][]byte{key}, "cryptsetup", "open", "--test-passphrase", "--type", "luks2",
+	_, err := RunProgram(context.Background(), [][]byte{key}, "cryptsetup", "open", "--test-passphrase", "--type", "luks2",
 		"--key-slot", slot, "--key-file=-", r.part())
 	return err == nil
 }
@@ -626,7 +626,7 @@ func TestHeaderAlteredRefused(t *testing.T) {
 		}, false, "mandatory requirements"},
 		{"integrity required, absent", func(t *testing.T, r *rig) {}, true, `integrity "", want "hmac(sha256)"`},
 		{"LUKS UUID not the partition's", func(t *testing.T, r *rig) {
-			_, err := runProgram(context.Background(), nil, "cryptsetup", "luksUUID", "--batch-mode", "--uuid", uuid.NewString(), r.part())
+			_, err := RunProgram(context.Background(), nil, "cryptsetup", "luksUUID", "--batch-mode", "--uuid", uuid.NewString(), r.part())
 			must(t, err)
 		}, false, "partition GUID"},
 	}

@@ -24,7 +24,7 @@ func formattedHeader(f *testing.F) []byte {
 	p := filepath.Join(f.TempDir(), "p1")
 	must(f, os.WriteFile(p, nil, 0o600))
 	must(f, os.Truncate(p, partSize))
-	_, err := runProgram(context.Background(), [][]byte{bytes.Repeat([]byte{7}, 64)}, "cryptsetup", "luksFormat", "--batch-mode",
+	_, err := RunProgram(context.Background(), [][]byte{bytes.Repeat([]byte{7}, 64)}, "cryptsetup", "luksFormat", "--batch-mode",
 		"--type", "luks2", "--label", LabelInUse, "--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000", "--key-file=-", p)
 	must(f, err)
 	b, err := os.ReadFile(p)

@@ -20,10 +20,10 @@ import (
 // (64 KiB on Linux) so the write completes before the child starts.
 const maxSecret = 4096
 
-// runProgram is the production Exec: each secret goes down its own pipe,
+// RunProgram is the production Exec: each secret goes down its own pipe,
 // written and closed before the program starts, so it reads EOF after the
 // secret. The secret is never in argv, the environment or a file.
-func runProgram(ctx context.Context, secrets [][]byte, name string, args ...string) ([]byte, error) {
+func RunProgram(ctx context.Context, secrets [][]byte, name string, args ...string) ([]byte, error) {
 	cmd := exec.CommandContext(ctx, name, args...)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out

@@ -19,13 +19,17 @@ const usage = `Usage: attestd [flags]
 
 Detects the platform (emulated CVM port, SEV-SNP, TDX, TPM), verifies the
 signed manifest from keyd against the pinned key, picks this machine's
-profile and joins keyd over mutual attested TLS. The init passes
+profile and joins keyd over mutual attested TLS. Then it finds the state
+disk (GPT partition "palisade-state" of Palisade's type, or a blank disk),
+formats it on first boot or opens it with keyd's key, and mounts it at
+/var; without any disk it runs diskless. The init passes
 PALISADE_MANIFEST_KEY and PALISADE_HINTS; flags override every path.
 
 Examples:
   attestd
   attestd --hints /tmp/hints.json --manifest-key key.pem --roots roots/roots.json --tpm /dev/tpm0
   attestd --manifest-without-log-proof --deadline 2m     # test images only
+  attestd --state-disk off                               # never touch a disk
 
 Exit codes:
   0  admitted; "attestd: admitted node=… profile=… platform=… keyd=… log_index=…"
@@ -34,6 +38,11 @@ Exit codes:
   3  a verified keyd denied this node ("attestd: denied by keyd <addr>")
   4  the signed manifest has no profile of this machine's platform
   5  no keyd verified and admitted this node before --deadline
+  6  no state disk, and the other disks hold data ("attestd: disk: refused: …")
+  7  the disk's LUKS UUID is not the one keyd recorded for this node
+  8  the disk's LUKS2 header was altered, or keyd's key does not open it
+  Disk lines: "attestd: disk: formatted <dev> uuid=<u>", "attestd: disk: unlocked
+  <dev> uuid=<u> mounted /var", "attestd: disk: none (diskless)".
 
 Flags:
 `
@@ -58,6 +67,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.DurationVar(&cfg.BackoffMin, "backoff-min", attestd.DefaultBackoffMin, "first pause between rounds over the hints")
 	fs.DurationVar(&cfg.BackoffMax, "backoff-max", attestd.DefaultBackoffMax, "longest pause between rounds")
 	fs.DurationVar(&cfg.AttemptTimeout, "attempt-timeout", attestd.DefaultAttemptLimit, "bound of one attempt at one keyd")
+	fs.StringVar(&cfg.Disk.Mode, "state-disk", "auto", "auto: find, format or open the state disk; off: touch no disk")
+	fs.StringVar(&cfg.Disk.MountPoint, "mount", "/var", "where the state volume is mounted")
+	fs.BoolVar(&cfg.Disk.Integrity, "disk-integrity", false, "format with dm-integrity (hmac-sha256) and require it at open")
+	fs.BoolVar(&cfg.Disk.WithoutRecoverySlot, "disk-without-recovery-slot", false, "format without the owner's recovery keyslot (test images only: nodes get no recovery key yet)")
 	verbose := fs.Bool("v", false, "debug logging")
 	if err := fs.Parse(args); err != nil {
 		if err == flag.ErrHelp {
@@ -81,7 +94,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stdout, "attestd: failed: %v\n", err)
 		return attestd.ExitCode(err)
 	}
-	// No state disk step yet: the keys are not needed past this point.
+	// The state disk step has used the keys; nothing else needs them.
 	adm.Wipe()
 	return attestd.ExitAdmitted
 }
