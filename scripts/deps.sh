@@ -9,7 +9,9 @@ cd "$(dirname "$0")/.."
 # drives chromium; keyd's etcd store is tested against a real etcd (3.4).
 # strace: the HTTP boot sendfile test; systemd-boot-efi, systemd (systemd-measure),
 # binutils (objcopy), cpio: the UKI layout and PCR11 cross-check tests.
-pkgs=(gcc libssl-dev chromium etcd-server iproute2 strace systemd-boot-efi systemd binutils cpio)
+# cryptsetup-bin, e2fsprogs: attestd's state-disk tests run the real
+# cryptsetup (luksFormat, luksDump, config, isLuks) and mkfs.ext4 on image files.
+pkgs=(gcc libssl-dev chromium etcd-server iproute2 strace systemd-boot-efi systemd binutils cpio cryptsetup-bin e2fsprogs)
 for tier in "$@"; do
 	case "$tier" in
 	unit) ;;
