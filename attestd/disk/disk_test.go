@@ -284,6 +284,9 @@ func foreignDisks(t *testing.T, dir string) map[string]string {
 		f.WriteAt(mbr, 0)
 	})
 	ds["data at 1 MiB"] = mk("data.img", func(f *os.File) { f.WriteAt([]byte("some file system"), 1<<20+1024) })
+	ds["someone else's GPT entries only"] = mk("entries.img", func(f *os.File) {
+		f.WriteAt(guidBytes(uuid.MustParse("0fc63daf-8483-4772-8e79-3d69d8477de4")), 2*512)
+	})
 	ds["data in last MiB"] = mk("tail.img", func(f *os.File) { f.WriteAt([]byte("x"), diskSize-4096) })
 	ds["other GPT"] = mk("gpt.img", func(f *os.File) {
 		d := &device{f: f, size: diskSize, sector: 512}
