@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -241,6 +242,20 @@ func TestFirstBootThenLaterBoot(t *testing.T) {
 	}
 	if !strings.Contains(r.console.String(), "attestd: disk: unlocked "+r.part()+" uuid="+d.UUID+" mounted ") {
 		t.Errorf("console: %s", r.console.String())
+	}
+	// The state record was written on the first mount and counted again:
+	// the node found its own data.
+	if !regexp.MustCompile(`attestd: disk: state uuid=` + d.UUID + ` mounts=2 first_mount=\S+\n`).MatchString(r.console.String()) {
+		t.Errorf("later boot: no state record of a second mount:\n%s", r.console.String())
+	}
+	// A record naming another volume is not this disk's: refused.
+	rec := filepath.Join(r.cfg.MountPoint, StateFile)
+	b, err := os.ReadFile(rec)
+	must(t, err)
+	must(t, os.WriteFile(rec, bytes.Replace(b, []byte(d.UUID), []byte("00000000-0000-4000-8000-000000000000"), 1), 0o600))
+	r.console = bytes.Buffer{}
+	if _, err := r.boot(); err == nil || !strings.Contains(err.Error(), "names volume 00000000-0000-4000-8000-000000000000") {
+		t.Errorf("state record of another volume: %v", err)
 	}
 }
 

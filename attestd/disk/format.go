@@ -72,7 +72,7 @@ func (s *Step) format(ctx context.Context, d *Disk, k Keys) error {
 		return fmt.Errorf("mark %s in use (the volume stays formatted-new and is formatted again on the next boot): %w", d.Partition, err)
 	}
 	s.console("unlocked %s uuid=%s mounted %s", d.Partition, d.UUID, s.cfg.MountPoint)
-	return nil
+	return s.recordMount(d)
 }
 
 // verifyFormat checks what cryptsetup wrote: the UUID keyd's key is bound
@@ -151,7 +151,7 @@ func (s *Step) open(ctx context.Context, d *Disk, key []byte) error {
 		}
 	}
 	s.console("unlocked %s uuid=%s mounted %s", d.Partition, d.UUID, s.cfg.MountPoint)
-	return nil
+	return s.recordMount(d)
 }
 
 func (s *Step) closeMapping(ctx context.Context) {
