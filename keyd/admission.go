@@ -169,7 +169,13 @@ func (k *Keyd) admit(ctx context.Context, p peerInfo) (*api.AdmitResponse, error
 		if err != nil {
 			return nil, attest.Deny(attest.ClassInternal, err)
 		}
-		resp.DiskKeys = append(resp.DiskKeys, api.DiskKey{UUID: u, Key: key})
+		// The owner's recovery key goes with it, so the node formats the
+		// second keyslot; both are as secret as each other (never logged).
+		rec, err := RecoveryKey(master, k.cfg.ClusterID, c.NodeID, u)
+		if err != nil {
+			return nil, attest.Deny(attest.ClassInternal, err)
+		}
+		resp.DiskKeys = append(resp.DiskKeys, api.DiskKey{UUID: u, Key: key, Recovery: rec})
 	}
 	if resp.Checkpoint, err = k.checkpoints.covering(ctx, k.log, rec.LogIndex+1); err != nil {
 		return nil, attest.Deny(attest.ClassInternal, fmt.Errorf("checkpoint after admission: %w", err))

@@ -3,7 +3,6 @@ package keyd
 import (
 	"crypto/aes"
 	"crypto/cipher"
-	"crypto/hkdf"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
@@ -12,26 +11,24 @@ import (
 	"fmt"
 	"sync"
 
-	"github.com/palisade-cc/palisade/keyd/api"
+	"github.com/palisade-cc/palisade/internal/diskkey"
 )
-
-// diskInfo is the HKDF info prefix of disk keys (docs/keyd.md §Keys).
-const diskInfo = "palisade/disk/v1"
 
 // DiskKey derives the 64-byte LUKS key (aes-xts-plain64, 512-bit) of the
 // disk uuid of node: HKDF-SHA256 (RFC 5869) with salt = cluster ID and
-// info = "palisade/disk/v1" ‖ node ID ‖ LUKS UUID. The UUID has a fixed
-// length (36) and comes last, so the info string splits back into exactly
-// one (node, uuid) pair: distinct disks never share a key.
+// info = "palisade/disk/v1" ‖ node ID ‖ LUKS UUID (internal/diskkey.Disk,
+// docs/keyd.md §Keys).
 func DiskKey(master []byte, clusterID, nodeID, uuid string) ([]byte, error) {
-	if len(master) != api.MasterSecretSize {
-		return nil, fmt.Errorf("master secret: %d bytes, want %d", len(master), api.MasterSecretSize)
-	}
-	if len(uuid) != 36 {
-		return nil, fmt.Errorf("disk uuid %q: want 36 characters", uuid)
-	}
-	info := diskInfo + nodeID + uuid
-	return hkdf.Key(sha256.New, master, []byte(clusterID), info, api.DiskKeySize)
+	return diskkey.Disk(master, clusterID, nodeID, uuid)
+}
+
+// RecoveryKey derives the owner's 32-byte recovery key of the same disk:
+// HKDF-SHA256 with salt = cluster ID and info = "palisade/disk-recovery/v1"
+// ‖ node ID ‖ LUKS UUID (internal/diskkey.Recovery). Its own label keeps
+// it independent of the disk key; the owner re-derives it offline with
+// `verifier disk-recovery-key` from the master secret.
+func RecoveryKey(master []byte, clusterID, nodeID, uuid string) ([]byte, error) {
+	return diskkey.Recovery(master, clusterID, nodeID, uuid)
 }
 
 // commitment is what keyd stores to recognise the master secret again

@@ -40,6 +40,7 @@ const (
 	MaxRequestBody       = 64 << 10
 	MasterSecretSize     = 32
 	DiskKeySize          = 64
+	RecoveryKeySize      = 32
 	OwnerRequestMaxSkew  = 5 * time.Minute
 	OwnerNonceSize       = 16
 	MaxPeersWait         = 60 * time.Second
@@ -83,8 +84,13 @@ const (
 // DiskKey is the key of one LUKS volume.
 type DiskKey struct {
 	UUID string `json:"uuid"`
-	// Key is 64 bytes (aes-xts-plain64, 512-bit).
+	// Key is 64 bytes (aes-xts-plain64, 512-bit): keyslot 0.
 	Key []byte `json:"key"`
+	// Recovery is the owner's 32-byte recovery key of the same disk,
+	// derived from the master secret the owner keeps offline (docs/keyd.md
+	// §Keys). The node renders it as a passphrase (internal/diskkey) for
+	// keyslot 1 at format; empty from a keyd that predates it.
+	Recovery []byte `json:"recovery,omitempty"`
 }
 
 // Peer is one admitted, unrevoked node in the mesh.
