@@ -17,7 +17,9 @@ import (
 	"time"
 
 	"github.com/palisade-cc/palisade/attestd/disk"
+	"github.com/palisade-cc/palisade/internal/diskkey"
 	"github.com/palisade-cc/palisade/internal/manifest"
+	"github.com/palisade-cc/palisade/keyd/api"
 )
 
 // diskKernel fakes device-mapper and mounts (this host has neither); a
@@ -83,10 +85,13 @@ func (n *diskNode) exec(ctx context.Context, secrets [][]byte, name string, args
 	return disk.RunProgram(ctx, secrets, name, args...)
 }
 
-func (n *diskNode) formats() int {
+func (n *diskNode) formats() int { return n.count("luksFormat") }
+
+// count is the number of cryptsetup runs of command cmd.
+func (n *diskNode) count(cmd string) int {
 	c := 0
 	for _, a := range n.argv {
-		if strings.HasPrefix(a, "cryptsetup luksFormat") {
+		if strings.HasPrefix(a, "cryptsetup "+cmd+" ") {
 			c++
 		}
 	}
@@ -101,7 +106,10 @@ func (w *world) runDisk(n *diskNode, devices ...string) (*Admission, error) {
 	if devices == nil {
 		devices = []string{} // never the host's own disks
 	}
-	cfg.Disk = disk.Config{Mode: disk.ModeAuto, Devices: devices, MountPoint: filepath.Join(w.dir, "var"), WithoutRecoverySlot: true}
+	// The recovery keyslot with argon2id at its cheapest: production
+	// leaves the cost to cryptsetup's 2 s benchmark.
+	cfg.Disk = disk.Config{Mode: disk.ModeAuto, Devices: devices, MountPoint: filepath.Join(w.dir, "var"),
+		RecoveryPBKDF: disk.PBKDF{Iterations: 4, MemoryKiB: 32}}
 	deps := Deps{
 		Detect:  func(context.Context, *Config, *slog.Logger) (*Machine, error) { return m, nil },
 		NodeID:  func() (string, error) { return testNodeID, nil },
@@ -137,16 +145,97 @@ func TestDiskFirstBootThenReboot(t *testing.T) {
 	if n.formats() != 1 || n.kern.opens != 2 || !w.consoleHas("attestd: disk: unlocked "+n.img+".p1 uuid="+u) {
 		t.Errorf("reboot: %d formats, %d opens, console:\n%s", n.formats(), n.kern.opens, w.console.String())
 	}
-	checkNoKeyLeak(t, w, n)
+	checkNoKeyLeak(t, w, n, u)
 }
 
-// checkNoKeyLeak: the keys cryptsetup received are zero now (wiped in
-// place), and no key byte reached argv, the console or a file of the run
-// directory.
-func checkNoKeyLeak(t *testing.T, w *world, n *diskNode) {
+// The owner's recovery passphrase, typed at cryptsetup's prompt, opens
+// the formatted disk (keyslot 1); the passphrase of another node or disk
+// does not, nor does keyd's key in the recovery slot.
+func TestDiskRecoverySlotOpens(t *testing.T) {
+	w := newWorld(t, worldOpts{})
+	n := newDiskNode(t, w.dir, "vda.img")
+	_, err := w.runDisk(n, n.img)
+	must(t, err)
+	part := n.img + ".p1"
+	out, err := exec.Command("cryptsetup", "luksUUID", part).Output()
+	must(t, err)
+	u := strings.TrimSpace(string(out))
+	if n.count("luksAddKey") != 1 {
+		t.Fatalf("%d luksAddKey calls, want 1 (the recovery slot):\n%s", n.count("luksAddKey"), strings.Join(n.argv, "\n"))
+	}
+	typed := func(nodeID, uuid string) []byte {
+		rec, err := diskkey.Recovery(w.master, testCluster, nodeID, uuid)
+		must(t, err)
+		p, err := diskkey.Passphrase(rec)
+		must(t, err)
+		return append(p, '\n') // as typed: cryptsetup's prompt stops at the newline
+	}
+	opens := func(stdin []byte) bool {
+		cmd := exec.Command("cryptsetup", "open", "--test-passphrase", "--key-slot", "1", part)
+		cmd.Stdin = bytes.NewReader(stdin)
+		out, err := cmd.CombinedOutput()
+		var ee *exec.ExitError
+		if err != nil && !(errors.As(err, &ee) && ee.ExitCode() == 2) {
+			t.Fatalf("cryptsetup open: %v: %s", err, out)
+		}
+		return err == nil
+	}
+	if !opens(typed(testNodeID, u)) {
+		t.Fatal("the owner's recovery passphrase does not open keyslot 1")
+	}
+	if opens(typed("another-node", u)) {
+		t.Error("another node's recovery passphrase opens the disk")
+	}
+	if opens(typed(testNodeID, "00000000-0000-4000-8000-000000000000")) {
+		t.Error("another disk's recovery passphrase opens the disk")
+	}
+	dk, err := diskkey.Disk(w.master, testCluster, testNodeID, u)
+	must(t, err)
+	if opens(dk) {
+		t.Error("keyd's disk key opens the recovery slot")
+	}
+	checkNoKeyLeak(t, w, n, u)
+}
+
+// A recovery key of the wrong size from keyd refuses the disk before
+// cryptsetup runs: the owner could never type what it would make.
+func TestDiskRecoveryKeyBadSize(t *testing.T) {
+	var console bytes.Buffer
+	var calls int
+	step, err := disk.New(disk.Config{Mode: disk.ModeAuto, Devices: []string{}, MountPoint: t.TempDir()},
+		disk.Deps{Console: &console, Kernel: &diskKernel{},
+			Exec: func(context.Context, [][]byte, string, ...string) ([]byte, error) { calls++; return nil, nil }},
+		slog.New(slog.DiscardHandler))
+	must(t, err)
+	sd := &disk.Disk{Device: "/dev/vda", Partition: "/dev/vda1", UUID: testDiskUUID, State: disk.StatePartitioned}
+	for _, size := range []int{1, 31, 33, 64} {
+		adm := &Admission{DiskKeys: []api.DiskKey{{UUID: testDiskUUID, Key: make([]byte, 64), Recovery: make([]byte, size)}}}
+		err := unlockDisk(context.Background(), step, sd, adm)
+		if err == nil || !strings.Contains(err.Error(), "keyd's recovery key for uuid="+testDiskUUID) || calls != 0 {
+			t.Errorf("recovery key of %d bytes: err %v, %d cryptsetup calls; want a refusal naming it, no call", size, err, calls)
+		}
+	}
+}
+
+// checkNoKeyLeak: the keys cryptsetup received (keyd's disk key, the
+// owner's recovery passphrase) are zero now (wiped in place), and no key
+// byte reached argv, the console or a file of the run directory; nor did
+// the raw recovery key of uuid.
+func checkNoKeyLeak(t *testing.T, w *world, n *diskNode, uuid string) {
 	t.Helper()
 	if len(n.secrets) == 0 {
 		t.Fatal("cryptsetup got no key on a pipe")
+	}
+	rec, err := diskkey.Recovery(w.master, testCluster, testNodeID, uuid)
+	must(t, err)
+	pass, err := diskkey.Passphrase(rec)
+	must(t, err)
+	var gotPass bool
+	for _, c := range n.copies {
+		gotPass = gotPass || bytes.Equal(c, pass)
+	}
+	if !gotPass {
+		t.Error("cryptsetup never got the recovery passphrase")
 	}
 	var files bytes.Buffer
 	filepath.WalkDir(w.cfg.RunDir, func(p string, d fs.DirEntry, err error) error {
@@ -158,14 +247,15 @@ func checkNoKeyLeak(t *testing.T, w *world, n *diskNode) {
 	})
 	argv := strings.Join(n.argv, "\n")
 	for _, k := range n.secrets {
-		if len(k) != 64 {
-			t.Errorf("secret of %d bytes, want keyd's 64", len(k))
+		// keyd's disk key and the passphrase text are both 64 bytes.
+		if len(k) != 64 && len(k) != diskkey.PassphraseLen {
+			t.Errorf("secret of %d bytes, want keyd's 64 or a 64-character passphrase", len(k))
 		}
 		if !bytes.Equal(k, make([]byte, len(k))) {
 			t.Error("a disk key was not zeroed after use")
 		}
 	}
-	for _, k := range n.copies {
+	for _, k := range append(n.copies, rec) {
 		for _, enc := range []string{string(k[:16]), hex.EncodeToString(k[:8]), base64.StdEncoding.EncodeToString(k[:12]),
 			base64.RawURLEncoding.EncodeToString(k[:12])} {
 			for where, s := range map[string]string{"argv": argv, "run dir": files.String(), "console": w.console.String()} {

@@ -90,6 +90,7 @@ type world struct {
 	keydRef  *attest.Reference
 	nodeRef  *attest.Reference
 	owner    ed25519.PrivateKey
+	master   []byte // the cluster master secret keyd was initialised with
 	cfg      Config
 	console  bytes.Buffer
 	extraPEM map[string][]byte
@@ -198,9 +199,9 @@ func newWorld(t *testing.T, o worldOpts) *world {
 	})
 	if !o.noInit {
 		_, w.owner, _ = ed25519.GenerateKey(rand.Reader)
-		master := make([]byte, api.MasterSecretSize)
-		rand.Read(master)
-		must(t, w.ownerClient(kc).Init(context.Background(), &api.InitRequest{ClusterID: testCluster, MasterSecret: master,
+		w.master = make([]byte, api.MasterSecretSize)
+		rand.Read(w.master)
+		must(t, w.ownerClient(kc).Init(context.Background(), &api.InitRequest{ClusterID: testCluster, MasterSecret: w.master,
 			OwnerKey: w.owner.Public().(ed25519.PublicKey)}))
 	}
 

@@ -23,6 +23,7 @@ import (
 	"github.com/palisade-cc/palisade/internal/atls"
 	"github.com/palisade-cc/palisade/internal/attest"
 	"github.com/palisade-cc/palisade/internal/manifest"
+	"github.com/palisade-cc/palisade/keyd/api"
 )
 
 // TestJoinSNP: the happy path on SEV-SNP. The manifest comes over an
@@ -77,8 +78,12 @@ func TestJoinSNP(t *testing.T) {
 			t.Fatal("a disk key reached admission.json or the console")
 		}
 	}
+	recovery := adm.DiskKeys[0].Recovery
+	if len(recovery) != api.RecoveryKeySize {
+		t.Errorf("recovery key of %d bytes, want %d", len(recovery), api.RecoveryKeySize)
+	}
 	adm.Wipe()
-	if adm.DiskKeys != nil || !bytes.Equal(key, key) {
+	if adm.DiskKeys != nil || !bytes.Equal(recovery, make([]byte, len(recovery))) {
 		t.Error("Wipe left the keys")
 	}
 
@@ -95,17 +100,14 @@ func TestJoinSNP(t *testing.T) {
 }
 
 // TestWipe zeroes the keys in place, so copies the caller handed on are
-// cleared too.
+// cleared too: keyd's disk key and the owner's recovery key alike.
 func TestWipe(t *testing.T) {
 	k := bytes.Repeat([]byte{0xaa}, 64)
-	a := &Admission{}
-	a.DiskKeys = append(a.DiskKeys, struct {
-		UUID string `json:"uuid"`
-		Key  []byte `json:"key"`
-	}{testDiskUUID, k})
+	r := bytes.Repeat([]byte{0xbb}, 32)
+	a := &Admission{DiskKeys: []api.DiskKey{{UUID: testDiskUUID, Key: k, Recovery: r}}}
 	a.Wipe()
-	if !bytes.Equal(k, make([]byte, 64)) || a.DiskKeys != nil {
-		t.Fatalf("after Wipe: key %x, keys %v", k, a.DiskKeys)
+	if !bytes.Equal(k, make([]byte, 64)) || !bytes.Equal(r, make([]byte, 32)) || a.DiskKeys != nil {
+		t.Fatalf("after Wipe: key %x, recovery %x, keys %v", k, r, a.DiskKeys)
 	}
 }
 

@@ -17,6 +17,7 @@ import (
 
 	"github.com/palisade-cc/palisade/attestd/disk"
 	"github.com/palisade-cc/palisade/internal/attest"
+	"github.com/palisade-cc/palisade/internal/diskkey"
 	"github.com/palisade-cc/palisade/internal/manifest"
 	"github.com/palisade-cc/palisade/keyd/api"
 )
@@ -117,12 +118,17 @@ type Admission struct {
 	DiskKeys []api.DiskKey
 }
 
-// Wipe zeroes the disk keys in place.
+// Wipe zeroes the disk keys and the owner's recovery keys in place.
 func (a *Admission) Wipe() {
-	for i := range a.DiskKeys {
-		clear(a.DiskKeys[i].Key)
-	}
+	wipeKeys(a.DiskKeys)
 	a.DiskKeys = nil
+}
+
+func wipeKeys(ks []api.DiskKey) {
+	for i := range ks {
+		clear(ks[i].Key)
+		clear(ks[i].Recovery)
+	}
 }
 
 // Record is the non-secret part of an admission, written to
@@ -148,7 +154,8 @@ type Record struct {
 // With cfg.Disk.Mode auto it also runs the state-disk step: the disk is
 // found (and, if blank, partitioned) before the join so its LUKS UUID is
 // claimed, and formatted or opened and mounted after the admission, with
-// keyd's key, which is then wiped (the returned admission holds none).
+// keyd's key (and, at format, the owner's recovery passphrase), which are
+// then wiped (the returned admission holds none).
 func Run(ctx context.Context, cfg Config, deps Deps, log *slog.Logger) (*Admission, error) {
 	cfg.SetDefaults()
 	deps.defaults()
@@ -251,13 +258,25 @@ func Run(ctx context.Context, cfg Config, deps Deps, log *slog.Logger) (*Admissi
 }
 
 // unlockDisk formats or opens the state disk with keyd's key for its UUID.
-// No source gives nodes the owner's recovery key yet (keyd/api has no
-// field for it), so formatting needs cfg.Disk.WithoutRecoverySlot.
+// A first format also adds the owner's recovery keyslot: keyd's recovery
+// key for the UUID, as the passphrase text the owner types
+// (internal/diskkey.Passphrase; `verifier disk-recovery-key` prints the
+// same). Without one (a keyd that predates it) formatting needs
+// cfg.Disk.WithoutRecoverySlot; opening an in-use disk never does.
 func unlockDisk(ctx context.Context, step *disk.Step, sd *disk.Disk, adm *Admission) error {
 	for _, k := range adm.DiskKeys {
-		if k.UUID == sd.UUID {
-			return step.Unlock(ctx, sd, disk.Keys{Disk: k.Key})
+		if k.UUID != sd.UUID {
+			continue
 		}
+		var pass []byte
+		if len(k.Recovery) > 0 {
+			var err error
+			if pass, err = diskkey.Passphrase(k.Recovery); err != nil {
+				return step.Refuse(sd.Partition, fmt.Errorf("keyd's recovery key for uuid=%s: %w", sd.UUID, err))
+			}
+			defer clear(pass)
+		}
+		return step.Unlock(ctx, sd, disk.Keys{Disk: k.Key, Recovery: pass})
 	}
 	return step.Refuse(sd.Partition, fmt.Errorf("%w: keyd returned no key for uuid=%s", disk.ErrUUIDMismatch, sd.UUID))
 }
@@ -385,9 +404,7 @@ func (j *joiner) try(ctx context.Context, addr string) (*Admission, error) {
 		return nil, err
 	}
 	if resp.NodeID != j.claims.NodeID {
-		for i := range resp.DiskKeys {
-			clear(resp.DiskKeys[i].Key)
-		}
+		wipeKeys(resp.DiskKeys)
 		return nil, fmt.Errorf("keyd admitted node %q, want %q", resp.NodeID, j.claims.NodeID)
 	}
 	return &Admission{DiskKeys: resp.DiskKeys, Record: Record{NodeID: resp.NodeID, Profile: j.profile.Profile,
