@@ -1,5 +1,5 @@
 // Package cli is the cluster owner's `verifier` command: config, init,
-// recover, revoke, node and cluster. It is not a daemon and keeps no state
+// recover, disk-recovery-key, revoke, node and cluster. It is not a daemon and keeps no state
 // but its configuration directory (docs/verifier.md).
 package cli
 
@@ -70,7 +70,7 @@ type command struct {
 }
 
 func commands() []*command {
-	return []*command{cmdConfig(), cmdInit(), cmdRecover(), cmdRevoke(), cmdNode(), cmdCluster()}
+	return []*command{cmdConfig(), cmdInit(), cmdRecover(), cmdDiskRecoveryKey(), cmdRevoke(), cmdNode(), cmdCluster()}
 }
 
 // Run runs the verifier with args (without the program name) and returns
