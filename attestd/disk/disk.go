@@ -171,7 +171,7 @@ type Kernel interface {
 }
 
 // Exec runs a program with secrets on pipes: secrets[0] becomes its stdin,
-// secrets[i] its file descriptor 2+i (/dev/fd/3, …). Never argv, never a
+// secrets[i] its file descriptor 2+i (/proc/self/fd/3, …). Never argv, never a
 // file. It returns the combined output.
 type Exec func(ctx context.Context, secrets [][]byte, name string, args ...string) ([]byte, error)
 

@@ -32,8 +32,10 @@ func (s *Step) format(ctx context.Context, d *Disk, k Keys) error {
 	}
 	wantSlots := map[string]string{"0": "pbkdf2"}
 	if len(k.Recovery) > 0 {
-		// The existing key on stdin, the new one on fd 3: two pipes.
-		add := []string{"luksAddKey", "--batch-mode", "--key-file=-", "--new-keyfile=/dev/fd/3",
+		// The existing key on stdin, the new one on fd 3: two pipes. By
+		// /proc/self/fd: the initramfs has no /dev/fd link (devtmpfs makes
+		// none; found by the first QEMU format).
+		add := []string{"luksAddKey", "--batch-mode", "--key-file=-", "--new-keyfile=/proc/self/fd/3",
 			"--new-key-slot", "1", "--pbkdf", "argon2id"}
 		if p := s.cfg.RecoveryPBKDF; p.Iterations > 0 {
 			add = append(add, "--pbkdf-force-iterations", strconv.Itoa(p.Iterations))
