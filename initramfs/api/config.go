@@ -185,9 +185,12 @@ func Default(profile string) *Config {
 		// (virtio_console carries the CVM emulator's port in tests; virtio_rng
 		// seeds the kernel's RNG on VMs without RDRAND, or DHCP waits on
 		// getrandom: found by the first QEMU boots);
-		// sev_guest for /dev/sev-guest; dm-crypt, dm-integrity and ext4
+		// sev_guest for /dev/sev-guest; ecb, xts and aesni_intel for
+		// aes-xts-plain64 (dm-crypt asks for them by request_module, and
+		// the initramfs has no modprobe: found by the first QEMU unlock;
+		// aesni_intel is skipped without AES-NI); dm-crypt, dm-integrity and ext4
 		// for the LUKS2 state disk (ARCHITECTURE §5); wireguard for meshd.
-		Modules: []string{"configfs", "virtio_pci", "virtio_net", "virtio_blk", "virtio_console", "virtio_rng", "sev_guest", "dm_crypt", "dm_integrity", "ext4", "wireguard", "tpm_crb", "tpm_tis"},
+		Modules: []string{"configfs", "virtio_pci", "virtio_net", "virtio_blk", "virtio_console", "virtio_rng", "sev_guest", "ecb", "xts", "aesni_intel", "dm_crypt", "dm_integrity", "ext4", "wireguard", "tpm_crb", "tpm_tis"},
 		Network: NetworkConfig{Timeout: Duration(15 * time.Second), Retries: 3},
 		Stages: []Stage{
 			{Name: "attestd", Path: "/bin/attestd", Mode: ModeOneshot},
