@@ -188,9 +188,11 @@ func Default(profile string) *Config {
 		// sev_guest for /dev/sev-guest; ecb, xts and aesni_intel for
 		// aes-xts-plain64 (dm-crypt asks for them by request_module, and
 		// the initramfs has no modprobe: found by the first QEMU unlock;
-		// aesni_intel is skipped without AES-NI); dm-crypt, dm-integrity and ext4
+		// aesni_intel is skipped without AES-NI); crc32c for ext4's
+		// metadata checksums (same reason: "Cannot load crc32c driver");
+		// dm-crypt, dm-integrity and ext4
 		// for the LUKS2 state disk (ARCHITECTURE §5); wireguard for meshd.
-		Modules: []string{"configfs", "virtio_pci", "virtio_net", "virtio_blk", "virtio_console", "virtio_rng", "sev_guest", "ecb", "xts", "aesni_intel", "dm_crypt", "dm_integrity", "ext4", "wireguard", "tpm_crb", "tpm_tis"},
+		Modules: []string{"configfs", "virtio_pci", "virtio_net", "virtio_blk", "virtio_console", "virtio_rng", "sev_guest", "ecb", "xts", "aesni_intel", "dm_crypt", "dm_integrity", "crc32c_generic", "ext4", "wireguard", "tpm_crb", "tpm_tis"},
 		Network: NetworkConfig{Timeout: Duration(15 * time.Second), Retries: 3},
 		Stages: []Stage{
 			{Name: "attestd", Path: "/bin/attestd", Mode: ModeOneshot},
