@@ -109,8 +109,9 @@ type Config struct {
 	// Integrity adds dm-integrity (--integrity hmac-sha256) at format
 	// and requires it at open.
 	Integrity bool
-	// WithoutRecoverySlot formats with the keyd keyslot only. Test images
-	// only: nothing provides the owner's recovery key to nodes yet.
+	// WithoutRecoverySlot formats with the keyd keyslot only, for a keyd
+	// too old to send the owner's recovery key (keyd/api DiskKey.Recovery);
+	// every such format is logged at error level.
 	WithoutRecoverySlot bool
 	// RecoveryPBKDF bounds argon2id for the recovery slot; zero values
 	// leave cryptsetup's benchmark (2 s, up to 1 GiB) in charge.

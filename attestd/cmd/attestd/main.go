@@ -70,7 +70,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&cfg.Disk.Mode, "state-disk", "auto", "auto: find, format or open the state disk; off: touch no disk")
 	fs.StringVar(&cfg.Disk.MountPoint, "mount", "/var", "where the state volume is mounted")
 	fs.BoolVar(&cfg.Disk.Integrity, "disk-integrity", false, "format with dm-integrity (hmac-sha256) and require it at open")
-	fs.BoolVar(&cfg.Disk.WithoutRecoverySlot, "disk-without-recovery-slot", false, "format without the owner's recovery keyslot (test images only: nodes get no recovery key yet)")
+	fs.BoolVar(&cfg.Disk.WithoutRecoverySlot, "disk-without-recovery-slot", false, "format without the owner's recovery keyslot (for a keyd too old to send a recovery key; logged as an error)")
 	verbose := fs.Bool("v", false, "debug logging")
 	if err := fs.Parse(args); err != nil {
 		if err == flag.ErrHelp {
