@@ -3,9 +3,9 @@ package attestd
 import (
 	"errors"
 	"fmt"
+	"github.com/palisade-cc/palisade/internal/atomicfile"
 	"net"
 	"os"
-	"path/filepath"
 	"strings"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
@@ -90,33 +90,8 @@ func newWireGuardKey(path string) (wgtypes.Key, error) {
 	return k, nil
 }
 
-// writeFileAtomic writes through a temporary file of mode perm in the same
-// directory and renames it, so a reader never sees a partial file or one
-// with a wider mode.
+// writeFileAtomic is atomicfile.Write: a reader never sees a partial file
+// or one with a wider mode.
 func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return err
-	}
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(f.Name())
-	if err := f.Chmod(perm); err != nil {
-		f.Close()
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(f.Name(), path)
+	return atomicfile.Write(path, data, perm)
 }

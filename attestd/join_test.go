@@ -117,7 +117,8 @@ func TestWipe(t *testing.T) {
 func TestJoinUnpinnedKeyd(t *testing.T) {
 	_, other := chains(t)
 	w := newWorld(t, worldOpts{keydChain: other})
-	w.cfg.Deadline = 300 * time.Millisecond
+	w.cfg.Deadline = 2 * time.Second                                                // room for one full attempt on a loaded machine
+	w.cfg.BackoffMin, w.cfg.BackoffMax = 300*time.Millisecond, 300*time.Millisecond // few rounds: keyd rate-limits a hot loop
 	m, ca := w.snpNode()
 	_, err := w.run(m, nil)
 	if !errors.Is(err, ErrDeadline) || ExitCode(err) != ExitDeadline {
@@ -144,7 +145,8 @@ func TestJoinUnpinnedKeyd(t *testing.T) {
 func TestJoinManifestOtherKey(t *testing.T) {
 	other := ed25519.NewKeyFromSeed(bytes.Repeat([]byte{2}, ed25519.SeedSize))
 	w := newWorld(t, worldOpts{servedKey: other})
-	w.cfg.Deadline = 300 * time.Millisecond
+	w.cfg.Deadline = 2 * time.Second                                                // room for one full attempt on a loaded machine
+	w.cfg.BackoffMin, w.cfg.BackoffMax = 300*time.Millisecond, 300*time.Millisecond // few rounds: keyd rate-limits a hot loop
 	m, ca := w.snpNode()
 	_, err := w.run(m, nil)
 	if !errors.Is(err, ErrDeadline) || !errors.Is(err, manifest.ErrSignature) {
@@ -163,7 +165,8 @@ func TestJoinManifestOtherKey(t *testing.T) {
 func TestJoinManifestNeedsLogProof(t *testing.T) {
 	w := newWorld(t, worldOpts{})
 	w.cfg.ManifestWithoutLogProof = false
-	w.cfg.Deadline = 300 * time.Millisecond
+	w.cfg.Deadline = 2 * time.Second                                                // room for one full attempt on a loaded machine
+	w.cfg.BackoffMin, w.cfg.BackoffMax = 300*time.Millisecond, 300*time.Millisecond // few rounds: keyd rate-limits a hot loop
 	m, ca := w.snpNode()
 	_, err := w.run(m, nil)
 	if !errors.Is(err, ErrDeadline) || !errors.Is(err, manifest.ErrNoLogProof) {

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/palisade-cc/palisade/internal/atomicfile"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -25,7 +26,7 @@ type diskState struct {
 
 // recordMount reads the record (absent on a new volume), checks it names
 // this volume, counts this mount and writes it back atomically and durably
-// (temp file, fsync, rename, fsync of the directory), so a power cut leaves
+// (atomicfile.Write), so a power cut leaves
 // either the old or the new record.
 func (s *Step) recordMount(d *Disk) error {
 	dir := filepath.Join(s.cfg.MountPoint, filepath.Dir(StateFile))
@@ -53,28 +54,7 @@ func (s *Step) recordMount(d *Disk) error {
 	if err != nil {
 		return err
 	}
-	tmp := p + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
-	if err != nil {
-		return fmt.Errorf("state record: %w", err)
-	}
-	if _, err := f.Write(append(out, '\n')); err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, p)
-	}
-	if err == nil {
-		var df *os.File
-		if df, err = os.Open(dir); err == nil {
-			err = df.Sync()
-			df.Close()
-		}
-	}
-	if err != nil {
+	if err := atomicfile.Write(p, append(out, '\n'), 0o600); err != nil {
 		return fmt.Errorf("state record: %w", err)
 	}
 	s.console("state uuid=%s mounts=%d first_mount=%s", st.UUID, st.Mounts, st.FirstMount.Format(time.RFC3339))
