@@ -3,9 +3,7 @@ package qemutests
 import (
 	"bytes"
 	"context"
-	"debug/pe"
 	"log/slog"
-	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -22,24 +20,12 @@ import (
 // changes, as with an initrd an insider swapped.
 func tamperInitrd(t *testing.T, uki string) string {
 	t.Helper()
-	b, err := os.ReadFile(uki)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f, err := pe.NewFile(bytes.NewReader(b))
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := f.Section(".initrd")
-	if s == nil || s.Size < 10 || b[s.Offset] != 0x1f || b[s.Offset+1] != 0x8b {
-		t.Fatal("UKI has no gzip .initrd section")
-	}
-	b[s.Offset+4] ^= 0x01
-	p := filepath.Join(t.TempDir(), "palisade-other-initrd.efi")
-	if err := os.WriteFile(p, b, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return p
+	return patchSection(t, uki, ".initrd", func(sec []byte) {
+		if len(sec) < 10 || sec[0] != 0x1f || sec[1] != 0x8b {
+			t.Fatal("UKI's .initrd is not gzip")
+		}
+		sec[4] ^= 0x01
+	})
 }
 
 // cvmCase is one emulated confidential-VM boot.

@@ -207,9 +207,9 @@ func (img *testImage) ref(t *testing.T, profile string) attest.Reference {
 	return attest.Reference{}
 }
 
-// tamperCmdline writes a copy of the UKI with one byte of its .cmdline
-// section changed ("panic=-1" becomes "panic=-2": the kernel still boots).
-func tamperCmdline(t *testing.T, uki string) string {
+// patchSection writes a copy of the UKI with fn applied to the bytes of
+// one PE section (in place: sizes and offsets stay, so it still boots).
+func patchSection(t *testing.T, uki, section string, fn func(sec []byte)) string {
 	t.Helper()
 	b, err := os.ReadFile(uki)
 	if err != nil {
@@ -219,20 +219,29 @@ func tamperCmdline(t *testing.T, uki string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := f.Section(".cmdline")
+	s := f.Section(section)
 	if s == nil {
-		t.Fatal("UKI has no .cmdline section")
+		t.Fatalf("UKI has no %s section", section)
 	}
-	off := bytes.Index(b[s.Offset:s.Offset+s.Size], []byte("panic=-1"))
-	if off < 0 {
-		t.Fatalf(".cmdline %q lacks panic=-1", b[s.Offset:s.Offset+s.Size])
-	}
-	b[int(s.Offset)+off+len("panic=-")] = '2'
-	p := filepath.Join(t.TempDir(), "palisade-tampered.efi")
+	fn(b[s.Offset : s.Offset+s.Size])
+	p := filepath.Join(t.TempDir(), "palisade"+section+".efi")
 	if err := os.WriteFile(p, b, 0o644); err != nil {
 		t.Fatal(err)
 	}
 	return p
+}
+
+// tamperCmdline writes a copy of the UKI with one byte of its .cmdline
+// section changed ("panic=-1" becomes "panic=-2": the kernel still boots).
+func tamperCmdline(t *testing.T, uki string) string {
+	t.Helper()
+	return patchSection(t, uki, ".cmdline", func(sec []byte) {
+		off := bytes.Index(sec, []byte("panic=-1"))
+		if off < 0 {
+			t.Fatalf(".cmdline %q lacks panic=-1", sec)
+		}
+		sec[off+len("panic=-")] = '2'
+	})
 }
 
 func writeJSON(path string, v any) error {
