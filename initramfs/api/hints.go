@@ -3,6 +3,7 @@ package api
 import (
 	"fmt"
 	"net"
+	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -17,18 +18,29 @@ const DHCPOptionHints = 224
 // MaxHints bounds the keyd addresses taken from all sources together.
 const MaxHints = 16
 
+// MaxStatusURL bounds the status hint.
+const MaxStatusURL = 200
+
+// StatusPath is where, below the status hint's URL, a node posts its boot
+// status (docs/provisioner.md, "Node status").
+const StatusPath = "/node/v1/status"
+
 // Hints are what the provisioner suggests. They are untrusted: a wrong keyd
 // address only makes attestd fail to find an attested keyd, because attestd
 // verifies keyd's evidence against the manifest before sending anything.
 type Hints struct {
 	Keyd    []string `json:"keyd,omitempty"`
 	Cluster string   `json:"cluster,omitempty"`
+	// Status is the provisioner's boot HTTP server ("http://HOST:PORT"),
+	// to which attestd reports its progress (StatusPath). Informational
+	// only: what is sent there is never a secret and never a decision.
+	Status string `json:"status,omitempty"`
 	// Sources records where each hint came from, for the log.
 	Sources []string `json:"sources,omitempty"`
 }
 
-// ParseCmdline reads palisade.keyd= and palisade.cluster= from a kernel
-// command line. Other parameters are ignored.
+// ParseCmdline reads palisade.keyd=, palisade.cluster= and
+// palisade.status= from a kernel command line. Other parameters are ignored.
 func ParseCmdline(cmdline string) (Hints, error) {
 	var h Hints
 	for _, f := range strings.Fields(cmdline) {
@@ -77,6 +89,11 @@ func (h *Hints) set(k, v, src string) error {
 			return fmt.Errorf("cluster %q: want 1-64 of [A-Za-z0-9._-]", v)
 		}
 		h.Cluster = v
+	case "status":
+		if err := CheckStatusURL(v); err != nil {
+			return err
+		}
+		h.Status = v
 	default:
 		// Unknown keys are ignored so a newer provisioner can add hints
 		// without breaking older images.
@@ -100,13 +117,52 @@ func checkHostPort(a string) error {
 	return nil
 }
 
+// CheckStatusURL accepts the status hint: an absolute http URL of at most
+// MaxStatusURL bytes naming only a host and optional port — no user
+// information (a node must not be told to send credentials), no query, no
+// fragment, no path but "/".
+func CheckStatusURL(s string) error {
+	if s == "" || len(s) > MaxStatusURL {
+		return fmt.Errorf("status %d bytes: want an http URL of 1-%d", len(s), MaxStatusURL)
+	}
+	if strings.ContainsFunc(s, func(r rune) bool { return r <= ' ' || r > '~' }) {
+		return fmt.Errorf("status %q: only printable ASCII, no spaces", s)
+	}
+	u, err := url.Parse(s)
+	if err != nil {
+		return fmt.Errorf("status %q: %w", s, err)
+	}
+	switch {
+	case u.Scheme != "http":
+		return fmt.Errorf("status %q: scheme %q, want http", s, u.Scheme)
+	case u.Opaque != "" || u.User != nil || u.RawQuery != "" || u.Fragment != "" || strings.Contains(s, "#"):
+		return fmt.Errorf("status %q: want http://HOST[:PORT] without user, query or fragment", s)
+	case u.Path != "" && u.Path != "/":
+		return fmt.Errorf("status %q: path %q, want none", s, u.Path)
+	case u.Hostname() == "":
+		return fmt.Errorf("status %q: empty host", s)
+	}
+	if p := u.Port(); p != "" {
+		if n, err := strconv.Atoi(p); err != nil || n < 1 || n > 65535 {
+			return fmt.Errorf("status %q: port out of 1-65535", s)
+		}
+	} else if strings.HasSuffix(u.Host, ":") {
+		return fmt.Errorf("status %q: empty port", s)
+	}
+	return nil
+}
+
 // Merge combines hints: the cmdline's come first (it is measured into the
 // UKI or the launch digest, so it names what the owner built in), then
-// DHCP's; duplicates are dropped. A cluster from the cmdline wins.
+// DHCP's; duplicates are dropped. A cluster or status URL from the cmdline
+// wins.
 func Merge(cmdline, dhcp Hints) Hints {
-	out := Hints{Cluster: cmdline.Cluster}
+	out := Hints{Cluster: cmdline.Cluster, Status: cmdline.Status}
 	if out.Cluster == "" {
 		out.Cluster = dhcp.Cluster
+	}
+	if out.Status == "" {
+		out.Status = dhcp.Status
 	}
 	for _, a := range append(slices.Clone(cmdline.Keyd), dhcp.Keyd...) {
 		if !slices.Contains(out.Keyd, a) && len(out.Keyd) < MaxHints {
