@@ -24,6 +24,7 @@ import (
 	"github.com/palisade-cc/palisade/provisioner/dhcp"
 	"github.com/palisade-cc/palisade/provisioner/httpboot"
 	"github.com/palisade-cc/palisade/provisioner/inventory"
+	"github.com/palisade-cc/palisade/provisioner/nodestatus"
 	"github.com/palisade-cc/palisade/provisioner/tftp"
 	"github.com/palisade-cc/palisade/provisioner/ui"
 )
@@ -106,12 +107,22 @@ func New(cfg config.Config, log *slog.Logger) (_ *Provisioner, err error) {
 			}
 		}
 	}
+	// Nodes report their boot status to the boot listener (it is on the
+	// boot network, where they already fetch images); option 224 tells
+	// them where, as status=http://HOST:PORT.
+	statusURL := ""
+	if p.http != nil {
+		if statusURL = inventory.StatusURL(p.http.Addr(), cfg.Boot.HTTPBase); statusURL == "" {
+			log.Warn("no concrete address for the boot listener: nodes are not told where to report their status")
+		}
+	}
 	p.inv, err = inventory.Open(filepath.Join(cfg.DataDir, "inventory.db"), inventory.Options{
 		Rules:            cfg.Accept,
 		DiscoveryProfile: cfg.Boot.DiscoveryProfile,
 		DefaultProfile:   cfg.Boot.DefaultProfile,
 		BIOSFile:         cfg.Boot.BIOSFile,
 		HTTPBase:         cfg.Boot.HTTPBase,
+		StatusURL:        statusURL,
 		Logger:           log,
 		Registerer:       p.reg,
 	})
@@ -119,6 +130,13 @@ func New(cfg config.Config, log *slog.Logger) (_ *Provisioner, err error) {
 		return nil, err
 	}
 	httpObs.inv = p.inv // before any Serve: no request can have run yet
+	if p.http != nil {
+		ns, err := nodestatus.New(p.inv, nodestatus.Options{Logger: log.With("server", "node-status"), Registerer: p.reg})
+		if err != nil {
+			return nil, fmt.Errorf("node status: %w", err)
+		}
+		p.http.HandleExact(nodestatus.Path, ns)
+	}
 	for _, pr := range cfg.Profiles {
 		if err := p.inv.PutProfile(pr); err != nil {
 			return nil, fmt.Errorf("profiles: %s: %w", pr.Name, err)

@@ -330,9 +330,10 @@ func (c *countingWriter) status() int {
 
 // Server is the HTTP boot listener around a Handler.
 type Server struct {
-	h   *Handler
-	ln  net.Listener
-	srv *http.Server
+	h     *Handler
+	ln    net.Listener
+	srv   *http.Server
+	exact map[string]http.Handler
 }
 
 // New validates cfg, opens the root and binds the listener.
@@ -350,14 +351,30 @@ func New(cfg Config, log *slog.Logger, obs Observer, reg prometheus.Registerer) 
 		h.Close()
 		return nil, fmt.Errorf("http.listen: %w", err)
 	}
-	srv := &http.Server{
-		Handler:           h,
+	s := &Server{h: h, ln: ln, exact: map[string]http.Handler{}}
+	s.srv = &http.Server{
+		Handler:           http.HandlerFunc(s.route),
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    16 << 10,
 		ErrorLog:          slog.NewLogLogger(h.log.Handler(), slog.LevelDebug),
 	}
-	return &Server{h: h, ln: ln, srv: srv}, nil
+	return s, nil
+}
+
+// HandleExact serves requests for exactly path (e.g. "/node/v1/status")
+// with hx instead of the file handler. Image names have no "/", so such a
+// path never hides an image. Call it before Serve.
+func (s *Server) HandleExact(path string, hx http.Handler) { s.exact[path] = hx }
+
+// route matches the path exactly, without a ServeMux: the file handler
+// keeps seeing every other path as sent (its own checks refuse "..").
+func (s *Server) route(w http.ResponseWriter, r *http.Request) {
+	if hx, ok := s.exact[r.URL.Path]; ok {
+		hx.ServeHTTP(w, r)
+		return
+	}
+	s.h.ServeHTTP(w, r)
 }
 
 // Addr is the bound address.

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"net/url"
 	"strconv"
 	"strings"
 )
@@ -36,6 +37,39 @@ func (p *Profile) HintText() string {
 		parts = append(parts, "cluster="+p.Cluster)
 	}
 	return strings.Join(parts, " ")
+}
+
+// MaxStatusURL is the init's bound of the status hint.
+const MaxStatusURL = 200
+
+// StatusURL derives the status hint from the boot HTTP listener's bound
+// address and boot.http_base: the bound address when it is concrete, else
+// http_base's host with the bound port (a listener on 0.0.0.0 is reached
+// at the address clients are told for images). "" when neither names an
+// http host.
+func StatusURL(bound netip.AddrPort, httpBase string) string {
+	if bound.Addr().IsValid() && !bound.Addr().IsUnspecified() {
+		return "http://" + bound.String()
+	}
+	u, err := url.Parse(httpBase)
+	if err != nil || u.Scheme != "http" || u.Hostname() == "" || !bound.IsValid() {
+		return ""
+	}
+	s := "http://" + net.JoinHostPort(u.Hostname(), strconv.Itoa(int(bound.Port())))
+	if checkStatusURL(s) != nil {
+		return ""
+	}
+	return s
+}
+
+// checkStatusURL is the init's rule (initramfs/api.CheckStatusURL) for
+// what this provisioner writes: http://HOST:PORT, host an IP or DNS name.
+func checkStatusURL(s string) error {
+	rest, ok := strings.CutPrefix(s, "http://")
+	if !ok || len(s) > MaxStatusURL {
+		return fmt.Errorf("%q: want http://HOST:PORT of at most %d bytes", s, MaxStatusURL)
+	}
+	return checkKeydHint(rest)
 }
 
 // validCluster is the init's rule for a cluster ID.

@@ -53,6 +53,10 @@ type Options struct {
 	// HTTPBase is the URL prefix of images for UEFI HTTP boot, e.g.
 	// "http://192.0.2.1:8080/images"; empty means HTTP clients get no answer.
 	HTTPBase string
+	// StatusURL ("http://HOST:PORT", the boot HTTP listener) is sent in
+	// option 224 as "status=" with the other hints, so attestd can report
+	// its progress (NodeStatus); empty: not sent.
+	StatusURL string
 	// MaxEventsPerMachine bounds each timeline (default 256); older events
 	// are dropped so a machine stuck in a DHCP loop cannot fill the disk.
 	MaxEventsPerMachine int
@@ -110,6 +114,11 @@ func Open(file string, opts Options) (*Store, error) {
 	}
 	if opts.OfferTTL <= 0 {
 		opts.OfferTTL = 10 * time.Minute
+	}
+	if opts.StatusURL != "" {
+		if err := checkStatusURL(opts.StatusURL); err != nil {
+			return nil, fmt.Errorf("inventory: status URL: %w", err)
+		}
 	}
 	for i := range opts.Rules {
 		if err := opts.Rules[i].Validate(); err != nil {
@@ -382,7 +391,16 @@ func (s *Store) hints(tx *bolt.Tx, m *Machine) string {
 		s.log.Warn("inventory: profile not valid, no hints sent", "mac", m.MAC, "profile", name, "err", err)
 		return ""
 	}
-	return p.HintText()
+	text := p.HintText()
+	if s.opts.StatusURL != "" {
+		// The status hint comes last: were the option ever cut short, the
+		// keyd hints, which the boot needs, are what survives.
+		with := strings.TrimSpace(text + " status=" + s.opts.StatusURL)
+		if len(with) <= MaxHintText {
+			text = with
+		}
+	}
+	return text
 }
 
 // decide picks the boot answer for m; why says why there is none.
