@@ -219,8 +219,8 @@ func TestDiskRecoveryKeyBadSize(t *testing.T) {
 
 // checkNoKeyLeak: the keys cryptsetup received (keyd's disk key, the
 // owner's recovery passphrase) are zero now (wiped in place), and no key
-// byte reached argv, the console or a file of the run directory; nor did
-// the raw recovery key of uuid.
+// byte reached argv, the console, a file of the run directory or a status
+// report to the provisioner; nor did the raw recovery key of uuid.
 func checkNoKeyLeak(t *testing.T, w *world, n *diskNode, uuid string) {
 	t.Helper()
 	if len(n.secrets) == 0 {
@@ -258,7 +258,8 @@ func checkNoKeyLeak(t *testing.T, w *world, n *diskNode, uuid string) {
 	for _, k := range append(n.copies, rec) {
 		for _, enc := range []string{string(k[:16]), hex.EncodeToString(k[:8]), base64.StdEncoding.EncodeToString(k[:12]),
 			base64.RawURLEncoding.EncodeToString(k[:12])} {
-			for where, s := range map[string]string{"argv": argv, "run dir": files.String(), "console": w.console.String()} {
+			for where, s := range map[string]string{"argv": argv, "run dir": files.String(), "console": w.console.String(),
+				"status reports": w.status.raw()} {
 				if strings.Contains(s, enc) {
 					t.Errorf("key material in %s", where)
 				}

@@ -94,6 +94,8 @@ type world struct {
 	cfg      Config
 	console  bytes.Buffer
 	extraPEM map[string][]byte
+	// status is the provisioner's status endpoint the hints name.
+	status *statusSink
 }
 
 type worldOpts struct {
@@ -219,13 +221,25 @@ func newWorld(t *testing.T, o worldOpts) *world {
 	der, err := x509.MarshalPKIXPublicKey(w.signKey.Public())
 	must(t, err)
 	must(t, os.WriteFile(filepath.Join(w.dir, "manifest-key.pem"), pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}), 0o600))
-	hb, err := json.Marshal(map[string]any{"keyd": append(o.hintsBefore, w.addr), "cluster": testCluster})
-	must(t, err)
-	must(t, os.WriteFile(filepath.Join(w.dir, "hints.json"), hb, 0o600))
+	w.status = newStatusSink(t)
+	w.writeHints(append(o.hintsBefore, w.addr), w.status.url)
 	w.cfg = Config{RootsPath: filepath.Join(w.dir, "roots.json"), ManifestKeyPath: filepath.Join(w.dir, "manifest-key.pem"),
 		HintsPath: filepath.Join(w.dir, "hints.json"), RunDir: filepath.Join(w.dir, "run"), ManifestWithoutLogProof: true,
 		Deadline: 20 * time.Second, BackoffMin: 10 * time.Millisecond, BackoffMax: 50 * time.Millisecond, AttemptTimeout: 10 * time.Second}
 	return w
+}
+
+// writeHints writes the hints file as the init would; status "" leaves the
+// status hint out.
+func (w *world) writeHints(keyd []string, status string) {
+	w.t.Helper()
+	h := map[string]any{"keyd": keyd, "cluster": testCluster}
+	if status != "" {
+		h["status"] = status
+	}
+	hb, err := json.Marshal(h)
+	must(w.t, err)
+	must(w.t, os.WriteFile(filepath.Join(w.dir, "hints.json"), hb, 0o600))
 }
 
 // ownerClient is the owner's CLI: no evidence, but it verifies keyd.

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"net/http"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
@@ -76,6 +77,9 @@ type Deps struct {
 	// Disk are the state-disk step's dependencies (zero: production; a
 	// nil Disk.Console is Console).
 	Disk disk.Deps
+	// StatusClient posts the status reports to the provisioner (the
+	// hints' status URL); nil: a client without proxy or redirects.
+	StatusClient *http.Client
 }
 
 func (d *Deps) defaults() {
@@ -108,6 +112,9 @@ func (d *Deps) defaults() {
 	}
 	if d.Disk.Console == nil {
 		d.Disk.Console = d.Console
+	}
+	if d.StatusClient == nil {
+		d.StatusClient = newStatusClient()
 	}
 }
 
@@ -156,12 +163,32 @@ type Record struct {
 // claimed, and formatted or opened and mounted after the admission, with
 // keyd's key (and, at format, the owner's recovery passphrase), which are
 // then wiped (the returned admission holds none).
+//
+// When the hints name the provisioner's status URL, Run reports its
+// progress there, best effort and never blocking the boot: booting at the
+// start, attested after the admission, unlocked after the disk step, or
+// failed with ExitClass of the error.
 func Run(ctx context.Context, cfg Config, deps Deps, log *slog.Logger) (*Admission, error) {
 	cfg.SetDefaults()
 	deps.defaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	hb, herr := readSmall(cfg.HintsPath)
+	var st *reporter
+	if herr == nil {
+		st = startReporter(statusURL(hb, log), deps.StatusClient, StatusTimeout, StatusTimeout, log)
+	}
+	defer st.close()
+	st.report(StatusBooting, "", "attestd started")
+	adm, err := run(ctx, cfg, deps, log, hb, herr, st)
+	if err != nil {
+		st.report(StatusFailed, ExitClass(err), failDetail(err))
+	}
+	return adm, err
+}
+
+func run(ctx context.Context, cfg Config, deps Deps, log *slog.Logger, hb []byte, herr error, st *reporter) (*Admission, error) {
 	keyPEM, err := readSmall(cfg.ManifestKeyPath)
 	if err != nil {
 		return nil, fmt.Errorf("manifest key: %w", err)
@@ -181,9 +208,8 @@ func Run(ctx context.Context, cfg Config, deps Deps, log *slog.Logger) (*Admissi
 	if len(verifiers) == 0 {
 		return nil, fmt.Errorf("roots %s: no platform pinned, so no keyd could ever be verified", cfg.RootsPath)
 	}
-	hb, err := readSmall(cfg.HintsPath)
-	if err != nil {
-		return nil, fmt.Errorf("hints: %w", err)
+	if herr != nil {
+		return nil, fmt.Errorf("hints: %w", herr)
 	}
 	hints, err := ParseHints(hb)
 	if err != nil {
@@ -247,13 +273,20 @@ func Run(ctx context.Context, cfg Config, deps Deps, log *slog.Logger) (*Admissi
 	}
 	fmt.Fprintf(deps.Console, "attestd: admitted node=%s profile=%s platform=%s keyd=%s log_index=%d\n",
 		adm.NodeID, adm.Profile, adm.Platform, adm.Keyd, adm.LogIndex)
-	if sd != nil {
-		err := unlockDisk(ctx, step, sd, adm)
-		adm.Wipe()
-		if err != nil {
-			return nil, fmt.Errorf("state disk: %w", err)
-		}
+	facts := fmt.Sprintf("profile=%s platform=%s keyd=%s log_index=%d", adm.Profile, adm.Platform, adm.Keyd, adm.LogIndex)
+	if sd == nil && cfg.Disk.Mode == disk.ModeAuto {
+		facts += " diskless"
 	}
+	st.report(StatusAttested, "", facts)
+	if sd == nil {
+		return adm, nil
+	}
+	err = unlockDisk(ctx, step, sd, adm)
+	adm.Wipe()
+	if err != nil {
+		return nil, fmt.Errorf("state disk: %w", err)
+	}
+	st.report(StatusUnlocked, "", fmt.Sprintf("uuid=%s mounted %s", sd.UUID, cfg.Disk.MountPoint))
 	return adm, nil
 }
 
