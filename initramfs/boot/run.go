@@ -126,7 +126,7 @@ func Run(ctx context.Context, log *slog.Logger, c *api.Config, sys System) error
 	if err := sys.WriteFile(c.HintsPath, hb); err != nil {
 		return fmt.Errorf("write hints: %w", err)
 	}
-	log.Info("hints (untrusted)", "keyd", strings.Join(h.Keyd, ","), "cluster", h.Cluster, "sources", strings.Join(h.Sources, ","))
+	log.Info("hints (untrusted)", "keyd", strings.Join(h.Keyd, ","), "cluster", h.Cluster, "status", h.Status, "sources", strings.Join(h.Sources, ","))
 
 	// Check every stage before starting any, so a missing meshd is
 	// reported before attestd has joined and unlocked disks.
