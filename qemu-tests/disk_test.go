@@ -143,6 +143,7 @@ func TestDisk(t *testing.T) {
 	if _, _, ok := v.Console.Find(regexp.MustCompile(`^attestd: disk: formatted`)); ok {
 		v.Fail("an in-use disk was formatted again")
 	}
+	r.waitStatus(t, a.mac, "unlocked")
 	if rec, err := v.WriteTimeline(t.Name()+"/reboot", "tftp+unlock"); err == nil {
 		t.Logf("reboot:\n%s", rec)
 	}

@@ -7,10 +7,12 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"encoding/pem"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -364,4 +366,63 @@ func provisionerBin(t *testing.T) string {
 		t.Fatal(provErr)
 	}
 	return provPath
+}
+
+// provisionerEvent is an inventory event as the provisioner's API returns it.
+type provisionerEvent struct {
+	Kind   string `json:"kind"`
+	Detail string `json:"detail"`
+	State  string `json:"state"`
+}
+
+// events returns a machine's timeline from the provisioner's API (inside
+// the namespace, with the admin token serve wrote).
+func (r *rack) events(t *testing.T, mac string) []provisionerEvent {
+	t.Helper()
+	tr := &http.Transport{DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		var c net.Conn
+		err := r.net.Do(func() error {
+			var err error
+			c, err = (&net.Dialer{Timeout: 5 * time.Second}).DialContext(ctx, network, addr)
+			return err
+		})
+		return c, err
+	}}
+	defer tr.CloseIdleConnections()
+	req, err := http.NewRequest("GET", fmt.Sprintf("http://%s:8081/api/v1/machines/%s/events", r.net.Gateway, mac), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+strings.Repeat("x", 32))
+	resp, err := (&http.Client{Transport: tr, Timeout: 10 * time.Second}).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var evs []provisionerEvent
+	if err := json.NewDecoder(resp.Body).Decode(&evs); err != nil {
+		t.Fatalf("events of %s: %s: %v", mac, resp.Status, err)
+	}
+	return evs
+}
+
+// waitStatus waits until the provisioner's timeline of mac holds a node
+// status report whose detail contains want (reports are best effort and
+// asynchronous to the console).
+func (r *rack) waitStatus(t *testing.T, mac, want string) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		evs := r.events(t, mac)
+		for _, e := range evs {
+			if e.Kind == "node-status" && strings.Contains(e.Detail, want) {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("provisioner timeline of %s has no node status %q: %+v", mac, want, evs)
+			return
+		}
+		time.Sleep(300 * time.Millisecond)
+	}
 }

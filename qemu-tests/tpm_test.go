@@ -79,6 +79,9 @@ func TestTPM(t *testing.T) {
 		v := boot(t, "tpm-tftp", good, nil)
 		v.Expect(`NBP file downloaded successfully`, 90*time.Second)
 		admitted(t, v, "tftp")
+		// attestd's (untrusted, informational) report reached the
+		// provisioner's timeline of this machine.
+		r.waitStatus(t, good.mac, "attested")
 	})
 	t.Run("http", func(t *testing.T) {
 		t.Parallel()
