@@ -5,9 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
+	"github.com/palisade-cc/palisade/internal/boundedfile"
 	"net"
-	"os"
 	"path/filepath"
 	"strconv"
 	"time"
@@ -116,21 +115,7 @@ func (c *Config) Validate() error {
 // maxSmallFile bounds the small files attestd reads (roots, key, hints).
 const maxSmallFile = 1 << 20
 
-func readSmall(path string) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, maxSmallFile+1))
-	if err != nil {
-		return nil, err
-	}
-	if len(b) > maxSmallFile {
-		return nil, fmt.Errorf("%s: over %d bytes", path, maxSmallFile)
-	}
-	return b, nil
-}
+func readSmall(path string) ([]byte, error) { return boundedfile.Read(path, maxSmallFile) }
 
 // LoadRoots reads the pinned roots section strictly: an unknown field is an
 // error, so a typo cannot silently unpin a platform.

@@ -3,7 +3,6 @@ package keyd
 import (
 	"crypto"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 
@@ -100,14 +99,9 @@ func ParseSignedManifest(bundle []byte, o ManifestOptions) (*SignedManifest, err
 
 // LoadSignedManifest reads a bundle file and verifies it.
 func LoadSignedManifest(path string, o ManifestOptions) (*SignedManifest, error) {
-	f, err := os.Open(path)
+	b, err := readManifestBundle(path)
 	if err != nil {
 		return nil, err
-	}
-	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, manifest.MaxSize+1))
-	if err != nil {
-		return nil, fmt.Errorf("manifest %s: %w", path, err)
 	}
 	s, err := ParseSignedManifest(b, o)
 	if err != nil {

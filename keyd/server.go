@@ -5,10 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/palisade-cc/palisade/internal/boundedfile"
 	"io"
 	"net"
 	"net/http"
-	"os"
 	"strconv"
 	"time"
 
@@ -404,17 +404,9 @@ func (k *Keyd) handleManifest(w http.ResponseWriter, r *http.Request) {
 
 // readManifestBundle reads a bundle file of at most manifest.MaxSize bytes.
 func readManifestBundle(path string) ([]byte, error) {
-	f, err := os.Open(path)
+	b, err := boundedfile.Read(path, manifest.MaxSize)
 	if err != nil {
 		return nil, fmt.Errorf("manifest bundle: %w", err)
-	}
-	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, manifest.MaxSize+1))
-	if err != nil {
-		return nil, fmt.Errorf("manifest bundle %s: %w", path, err)
-	}
-	if len(b) > manifest.MaxSize {
-		return nil, fmt.Errorf("manifest bundle %s: over %d bytes", path, manifest.MaxSize)
 	}
 	return b, nil
 }

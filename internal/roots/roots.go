@@ -11,7 +11,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"io"
+	"github.com/palisade-cc/palisade/internal/boundedfile"
 	"os"
 	"path/filepath"
 
@@ -134,21 +134,7 @@ func (c *Config) Verifiers(dir string) (map[attest.Platform]attest.Verifier, err
 }
 
 // readFile reads at most maxFile bytes and says so if there were more.
-func readFile(path string) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, maxFile+1))
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
-	if len(b) > maxFile {
-		return nil, fmt.Errorf("%s: larger than %d bytes", path, maxFile)
-	}
-	return b, nil
-}
+func readFile(path string) ([]byte, error) { return boundedfile.Read(path, maxFile) }
 
 // certPool reads a PEM file of at least one certificate.
 func certPool(path string) (*x509.CertPool, error) {

@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/palisade-cc/palisade/internal/boundedfile"
 	"github.com/palisade-cc/palisade/internal/roots"
 	"io"
 	"net"
@@ -182,21 +183,7 @@ func strictJSON(b []byte, v any) error {
 	return nil
 }
 
-func readFile(path string) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, maxFile+1))
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
-	if len(b) > maxFile {
-		return nil, fmt.Errorf("%s: larger than %d bytes", path, maxFile)
-	}
-	return b, nil
-}
+func readFile(path string) ([]byte, error) { return boundedfile.Read(path, maxFile) }
 
 // Verifiers builds one verifier per platform that has pinned roots; they
 // read collateral only from the configured directories (no network).
