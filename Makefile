@@ -19,8 +19,8 @@ help:
 	@echo "make bench-provisioner  DHCP/TFTP/HTTP against kea, dnsmasq, tftpd-hpa, atftpd, nginx"
 	@echo "make bench-boot  boot phases of measured QEMU boots, Palisade's share of the boot"
 	@echo "make build       build every command into bin/"
-	@echo "make image       build the reproducible UKI and its manifest (PROFILE=production|debug;"
-	@echo "                 FIRMWARE=1 also builds OVMF and adds SEV-SNP launch digests)"
+	@echo "make image       build the reproducible UKI and its manifest (PROFILE=production|debug),"
+	@echo "                 with OVMF built from source and the SEV-SNP/TDX launch values (FIRMWARE=0: TPM only)"
 	@echo "make firmware    build OVMF for SEV-SNP and TDX from the pinned edk2 source"
 
 deps:
@@ -75,8 +75,8 @@ firmware:
 
 image:
 	@scripts/deps.sh image
-	@if [ "$(FIRMWARE)" = 1 ]; then scripts/deps.sh firmware; fi
-	@scripts/image.sh $(or $(PROFILE),production)
+	@if [ "$(FIRMWARE)" != 0 ]; then scripts/deps.sh firmware; fi
+	@FIRMWARE=$(if $(filter 0,$(FIRMWARE)),,$(or $(FIRMWARE),1)) scripts/image.sh $(or $(PROFILE),production)
 
 demo: deps
 	@scripts/demo.sh

@@ -5,7 +5,7 @@
 # MANIFEST_PUB (PEM public key compiled into the image), ROOTS (directory
 # with roots.json pinned into the image), MANIFEST_WITHOUT_LOG_PROOF=1, VERSION,
 # FIRMWARE (a directory from scripts/firmware.sh: SEV-SNP references are then
-# computed; `make image FIRMWARE=1` builds or reuses it).
+# computed; `make image` builds or reuses it, FIRMWARE=0 skips it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 profile=${1:-production}

@@ -321,6 +321,9 @@ func TestDirectBoot(t *testing.T) {
 func TestLoadFirmware(t *testing.T) {
 	dirs, _ := filepath.Glob("../../out/firmware/*/SHA256SUMS")
 	if len(dirs) == 0 {
+		if os.Getenv("PALISADE_CROSSCHECK") == "1" {
+			t.Fatal("PALISADE_CROSSCHECK=1 but there is no out/firmware build")
+		}
 		t.Skip("no out/firmware build (make firmware)")
 	}
 	dir := filepath.Dir(dirs[0])

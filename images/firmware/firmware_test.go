@@ -28,6 +28,9 @@ func TestLoad(t *testing.T) {
 func TestLoadBuilt(t *testing.T) {
 	dirs, _ := filepath.Glob("../../out/firmware/*/SHA256SUMS")
 	if len(dirs) == 0 {
+		if os.Getenv("PALISADE_CROSSCHECK") == "1" {
+			t.Fatal("PALISADE_CROSSCHECK=1 but there is no out/firmware build")
+		}
 		t.Skip("no out/firmware build: run scripts/firmware.sh")
 	}
 	for _, p := range Pinned {

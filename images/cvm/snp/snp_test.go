@@ -68,6 +68,9 @@ func TestCrossChecked(t *testing.T) {
 			fw := synthetic()
 			if strings.HasPrefix(tt.name, "amdsev") {
 				if fw = builtFirmware(t); fw == nil {
+					if os.Getenv("PALISADE_CROSSCHECK") == "1" {
+						t.Fatal("PALISADE_CROSSCHECK=1 but out/firmware has no AmdSev build with sha256 " + amdSevSHA256)
+					}
 					t.Skip("out/firmware has no AmdSev build with sha256 " + amdSevSHA256 + ": run scripts/firmware.sh")
 				}
 			}

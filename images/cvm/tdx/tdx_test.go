@@ -43,6 +43,9 @@ func firmware(t *testing.T, name, sum string) []byte {
 			return b
 		}
 	}
+	if crossCheckRequired() {
+		t.Fatal("PALISADE_CROSSCHECK=1 but out/firmware has no IntelTdx build with sha256 " + sum)
+	}
 	t.Skip("out/firmware has no IntelTdx build with sha256 " + sum + ": run scripts/firmware.sh")
 	return nil
 }
