@@ -91,7 +91,11 @@ type hostMesh struct {
 	wg     *wgctrl.Client
 }
 
-func newHostMesh(t *testing.T) *hostMesh {
+func newHostMesh(t *testing.T) *hostMesh { return newHostMeshNamed(t, "m1m") }
+
+// newHostMeshNamed makes the bridge namespace; tag keeps the names of two
+// tests in one process apart.
+func newHostMeshNamed(t *testing.T, tag string) *hostMesh {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("host mesh test needs root (network namespaces, /dev/net/tun); CI runs it as root")
@@ -104,7 +108,7 @@ func newHostMesh(t *testing.T) *hostMesh {
 	}
 	// Names unique per process: other engineers' tests share this host,
 	// and wireguard-go's UAPI sockets share /var/run/wireguard.
-	m := &hostMesh{prefix: fmt.Sprintf("m1m%d", os.Getpid()%100000)}
+	m := &hostMesh{prefix: fmt.Sprintf("%s%d", tag, os.Getpid()%100000)}
 	m.bridge = m.prefix + "br"
 	run(t, "ip", "netns", "add", m.bridge)
 	t.Cleanup(func() { exec.Command("ip", "netns", "del", m.bridge).Run() })
@@ -121,12 +125,30 @@ func newHostMesh(t *testing.T) *hostMesh {
 
 var meshPrefix = netip.MustParsePrefix("fd5a:11ce:77::/64")
 
+// addNode is a node configured statically: fixed mesh addresses and an
+// Applier the test drives.
 func (m *hostMesh) addNode(t *testing.T, i int) *hostNode {
 	t.Helper()
-	n := &hostNode{ns: fmt.Sprintf("%sn%d", m.prefix, i), ifname: fmt.Sprintf("%sw%d", m.prefix, i), key: newKey(t),
-		under: netip.AddrFrom4([4]byte{192, 168, 77, byte(i)}),
-		mesh6: netip.MustParseAddr(fmt.Sprintf("fd5a:11ce:77::%d", i)),
-		mesh4: netip.AddrFrom4([4]byte{10, 77, 0, byte(i)})}
+	n := m.addDevice(t, i)
+	n.key = newKey(t)
+	n.mesh6 = netip.MustParseAddr(fmt.Sprintf("fd5a:11ce:77::%d", i))
+	n.mesh4 = netip.AddrFrom4([4]byte{10, 77, 0, byte(i)})
+	// The node's addresses, MTU and link state, as meshd sets them.
+	if err := (Link{NetNS: n.nsfd}).Configure(n.ifname,
+		[]netip.Prefix{netip.PrefixFrom(n.mesh6, meshPrefix.Bits()), netip.PrefixFrom(n.mesh4, 24)}, 1380); err != nil {
+		t.Fatal(err)
+	}
+	n.applier = &Applier{WG: m.wg, Interface: n.ifname, PrivateKey: n.key, ListenPort: 51820, Keepalive: time.Second}
+	return n
+}
+
+// addDevice makes node i's namespace, its veth on the bridge (underlay
+// 192.168.77.i/24) and a wireguard-go device with no key and no peers,
+// listening on UDP 51820 inside the namespace.
+func (m *hostMesh) addDevice(t *testing.T, i int) *hostNode {
+	t.Helper()
+	n := &hostNode{ns: fmt.Sprintf("%sn%d", m.prefix, i), ifname: fmt.Sprintf("%sw%d", m.prefix, i),
+		under: netip.AddrFrom4([4]byte{192, 168, 77, byte(i)})}
 	run(t, "ip", "netns", "add", n.ns)
 	t.Cleanup(func() { exec.Command("ip", "netns", "del", n.ns).Run() })
 	veth := fmt.Sprintf("v%d", i)
@@ -150,8 +172,7 @@ func (m *hostMesh) addNode(t *testing.T, i int) *hostNode {
 			return fmt.Errorf("tun %s: %w", n.ifname, err)
 		}
 		dev = device.NewDevice(td, conn.NewDefaultBind(), device.NewLogger(device.LogLevelSilent, ""))
-		// The UDP socket is opened here, inside the namespace; meshd
-		// keeps the port, so wireguard-go never reopens it elsewhere.
+		// The UDP socket is opened here, inside the namespace.
 		if err := dev.IpcSet("listen_port=51820\n"); err != nil {
 			return err
 		}
@@ -178,15 +199,12 @@ func (m *hostMesh) addNode(t *testing.T, i int) *hostNode {
 			if err != nil {
 				return
 			}
-			go dev.IpcHandle(c)
+			// Each UAPI request is served inside the namespace, as the
+			// wireguard-go daemon would serve it: a listen_port change
+			// reopens the UDP socket on the handling thread.
+			go inNS(n.nsfd, func() error { dev.IpcHandle(c); return nil })
 		}
 	}()
-	// The node's addresses, MTU and link state, as meshd sets them.
-	if err := (Link{NetNS: n.nsfd}).Configure(n.ifname,
-		[]netip.Prefix{netip.PrefixFrom(n.mesh6, meshPrefix.Bits()), netip.PrefixFrom(n.mesh4, 24)}, 1380); err != nil {
-		t.Fatal(err)
-	}
-	n.applier = &Applier{WG: m.wg, Interface: n.ifname, PrivateKey: n.key, ListenPort: 51820, Keepalive: time.Second}
 	return n
 }
 
