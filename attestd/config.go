@@ -68,6 +68,9 @@ type Config struct {
 	// Disk is the state-disk step (docs/attestd.md §Disks). Its zero
 	// Mode is off: only the command turns it on by default.
 	Disk disk.Config
+	// WireGuardPort is meshd's UDP port, claimed in the endpoints (0:
+	// DefaultWireGuardPort; it must equal meshd's listen_port).
+	WireGuardPort int
 }
 
 // SetDefaults fills the zero fields with the production values.
@@ -80,6 +83,9 @@ func (c *Config) SetDefaults() {
 	def(&c.RootsPath, DefaultRootsPath)
 	def(&c.RunDir, DefaultRunDir)
 	def(&c.WireGuardKeyPath, filepath.Join(c.RunDir, "wg.key"))
+	if c.WireGuardPort == 0 {
+		c.WireGuardPort = DefaultWireGuardPort
+	}
 	for _, d := range []struct {
 		p *time.Duration
 		v time.Duration
@@ -102,6 +108,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Deadline <= 0 || c.AttemptTimeout <= 0 || c.BackoffMin <= 0 {
 		return fmt.Errorf("config: deadline %s, attempt timeout %s, backoff-min %s: want > 0", c.Deadline, c.AttemptTimeout, c.BackoffMin)
+	}
+	if c.WireGuardPort < 1 || c.WireGuardPort > 65535 {
+		return fmt.Errorf("config wireguard-port %d: want 1-65535", c.WireGuardPort)
 	}
 	if c.BackoffMax < c.BackoffMin {
 		return fmt.Errorf("config backoff-max %s: below backoff-min %s", c.BackoffMax, c.BackoffMin)

@@ -13,11 +13,13 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/palisade-cc/palisade/internal/atls"
@@ -67,8 +69,12 @@ func TestJoinSNP(t *testing.T) {
 	must(t, err)
 	var rec Record
 	must(t, json.Unmarshal(b, &rec))
-	if rec != adm.Record {
-		t.Errorf("admission.json %+v, want %+v", rec, adm.Record)
+	if d := cmp.Diff(adm.Record, rec); d != "" {
+		t.Errorf("admission.json differs from the admission (-want +got):\n%s", d)
+	}
+	if rec.Cluster != testCluster || rec.Claims.NodeID != testNodeID || rec.Claims.Profile != nodeProfile ||
+		!slices.Equal(rec.Claims.DiskUUIDs, []string{testDiskUUID}) || len(rec.Claims.WireGuardKey) != 32 {
+		t.Errorf("admission.json cluster %q claims %+v, want the join's", rec.Cluster, rec.Claims)
 	}
 	if !strings.Contains(rec.Checkpoint, "keyd.test/"+testCluster) {
 		t.Errorf("checkpoint %q is not keyd's signed note", rec.Checkpoint)

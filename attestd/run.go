@@ -67,6 +67,9 @@ type Deps struct {
 	// DiskUUIDs returns the LUKS UUIDs to claim; nil claims none (the
 	// state-disk step plugs in here).
 	DiskUUIDs func(ctx context.Context) ([]string, error)
+	// Endpoints returns the node's WireGuard endpoints at port; nil:
+	// Endpoints over this machine's interfaces.
+	Endpoints func(port int) ([]string, error)
 	// Console receives the lines the boot console shows; nil: discard.
 	Console io.Writer
 	// Now and Sleep are the clock; nil: time.Now and a timer.
@@ -88,6 +91,9 @@ func (d *Deps) defaults() {
 	}
 	if d.NodeID == nil {
 		d.NodeID = func() (string, error) { return NodeID(readSmall, net.Interfaces) }
+	}
+	if d.Endpoints == nil {
+		d.Endpoints = func(port int) ([]string, error) { return Endpoints(net.Interfaces, interfaceAddrs, port) }
 	}
 	if d.Console == nil {
 		d.Console = io.Discard
@@ -139,9 +145,11 @@ func wipeKeys(ks []api.DiskKey) {
 }
 
 // Record is the non-secret part of an admission, written to
-// RunDir/admission.json for the stages that follow (meshd's address).
+// RunDir/admission.json for the stages that follow (meshd's address,
+// `attestd serve`'s claims).
 type Record struct {
 	NodeID        string `json:"node_id"`
+	Cluster       string `json:"cluster"`
 	Profile       string `json:"profile"`
 	Platform      string `json:"platform"`
 	Keyd          string `json:"keyd"`
@@ -151,6 +159,9 @@ type Record struct {
 	LogIndex      uint64 `json:"log_index"`
 	// Checkpoint is the signed checkpoint (note format) keyd returned.
 	Checkpoint string `json:"checkpoint"`
+	// Claims are what the node's evidence committed to at this admission;
+	// `attestd serve` attests with the same ones.
+	Claims attest.Claims `json:"claims"`
 }
 
 // Run joins keyd: it reads the pinned state, detects the platform, gets and
@@ -189,24 +200,9 @@ func Run(ctx context.Context, cfg Config, deps Deps, log *slog.Logger) (*Admissi
 }
 
 func run(ctx context.Context, cfg Config, deps Deps, log *slog.Logger, hb []byte, herr error, st *reporter) (*Admission, error) {
-	keyPEM, err := readSmall(cfg.ManifestKeyPath)
-	if err != nil {
-		return nil, fmt.Errorf("manifest key: %w", err)
-	}
-	key, err := manifest.ParsePublicKey(keyPEM)
-	if err != nil {
-		return nil, fmt.Errorf("manifest key %s: %w", cfg.ManifestKeyPath, err)
-	}
-	rc, err := LoadRoots(cfg.RootsPath)
+	key, verifiers, err := loadPinned(&cfg)
 	if err != nil {
 		return nil, err
-	}
-	verifiers, err := rc.Verifiers(filepath.Dir(cfg.RootsPath))
-	if err != nil {
-		return nil, fmt.Errorf("roots %s: %w", cfg.RootsPath, err)
-	}
-	if len(verifiers) == 0 {
-		return nil, fmt.Errorf("roots %s: no platform pinned, so no keyd could ever be verified", cfg.RootsPath)
 	}
 	if herr != nil {
 		return nil, fmt.Errorf("hints: %w", herr)
@@ -233,7 +229,14 @@ func run(ctx context.Context, cfg Config, deps Deps, log *slog.Logger, hb []byte
 		return nil, err
 	}
 	pub := wg.PublicKey()
-	claims := attest.Claims{NodeID: nodeID, Role: attest.RoleNode, WireGuardKey: pub[:]}
+	eps, err := deps.Endpoints(cfg.WireGuardPort)
+	if err != nil {
+		return nil, err
+	}
+	if len(eps) == 0 {
+		log.Warn("no endpoint to claim: no up interface with a MAC has a global address; peers must wait for this node to reach them")
+	}
+	claims := attest.Claims{NodeID: nodeID, Role: attest.RoleNode, WireGuardKey: pub[:], Endpoints: eps}
 	var step *disk.Step
 	var sd *disk.Disk
 	if cfg.Disk.Mode == disk.ModeAuto {
@@ -440,7 +443,7 @@ func (j *joiner) try(ctx context.Context, addr string) (*Admission, error) {
 		wipeKeys(resp.DiskKeys)
 		return nil, fmt.Errorf("keyd admitted node %q, want %q", resp.NodeID, j.claims.NodeID)
 	}
-	return &Admission{DiskKeys: resp.DiskKeys, Record: Record{NodeID: resp.NodeID, Profile: j.profile.Profile,
+	return &Admission{DiskKeys: resp.DiskKeys, Record: Record{NodeID: resp.NodeID, Cluster: j.cluster, Profile: j.profile.Profile,
 		Platform: string(j.mach.Platform), Keyd: addr, MeshAddress: resp.MeshAddress, MeshIPv4: resp.MeshIPv4,
-		PeersRevision: resp.PeersRevision, LogIndex: resp.LogIndex, Checkpoint: string(resp.Checkpoint)}}, nil
+		PeersRevision: resp.PeersRevision, LogIndex: resp.LogIndex, Checkpoint: string(resp.Checkpoint), Claims: j.claims}}, nil
 }
