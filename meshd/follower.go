@@ -5,6 +5,8 @@ import (
 	"errors"
 	"log/slog"
 	"math/rand/v2"
+	"net"
+	"net/http"
 	"sync"
 	"time"
 
@@ -14,6 +16,28 @@ import (
 // PeerSource is keyd's peer directory (production: *api.Client over aTLS).
 type PeerSource interface {
 	Peers(ctx context.Context, since uint64, wait time.Duration) (*api.PeerSet, error)
+}
+
+// SocketSource is keyd's peer directory through attestd's unix socket
+// (attestd serve, default /run/palisade/keyd.sock): an api.Client whose
+// HTTP goes to the socket, so answers and errors (ErrDenied once keyd
+// revoked this node, ErrRetryLater while keyd is unreachable) read as
+// keyd's own. meshd holds no attested session itself: attestd keeps the
+// attestation code and attests with the claims it joined with.
+func SocketSource(path string) *api.Client {
+	tr := &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return (&net.Dialer{Timeout: 5 * time.Second}).DialContext(ctx, "unix", path)
+		},
+		MaxIdleConnsPerHost: 1,
+		IdleConnTimeout:     90 * time.Second,
+		// A long poll waits up to api.MaxPeersWait; attestd may need a
+		// fresh attested handshake with keyd first.
+		ResponseHeaderTimeout: api.MaxPeersWait + 45*time.Second,
+		DisableCompression:    true,
+	}
+	// The host is a placeholder: the dialer ignores it.
+	return &api.Client{HTTP: &http.Client{Transport: tr}, Base: "http://attestd"}
 }
 
 // Follower long-polls keyd's peer set and hands every new revision to an

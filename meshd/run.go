@@ -1,18 +1,23 @@
 package meshd
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
+	"slices"
 	"time"
 
 	"golang.zx2c4.com/wireguard/wgctrl"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
+	"github.com/palisade-cc/palisade/internal/boundedfile"
 	"github.com/palisade-cc/palisade/keyd/api"
 )
 
@@ -124,10 +129,22 @@ func (s Self) Addresses(ipv4Bits int) ([]netip.Prefix, error) {
 }
 
 // Run configures the interface and follows keyd until ctx ends. src is
-// keyd's peer directory: the *api.Client of the node's aTLS session
-// (initramfs builds it with the node's attester, whose claims carry
-// PublicKey(cfg) — so keyd lists only keys that came from attested nodes).
+// keyd's peer directory: in the guest, attestd's socket (SocketSource),
+// which proxies to keyd on the node's attested session, whose claims carry
+// the public key of cfg.KeyFile — so keyd lists only keys that came from
+// attested nodes.
 func Run(ctx context.Context, cfg Config, self Self, src PeerSource, log *slog.Logger) error {
+	return RunConsole(ctx, cfg, self, src, log, nil)
+}
+
+// RunConsole is Run that also writes the node's console lines: one per
+// peer change ("meshd: peer <id> added|removed|updated …") and
+// "meshd: peer <id> handshake" when a peer's handshake time first becomes
+// non-zero (again after a removal). nil console: none.
+func RunConsole(ctx context.Context, cfg Config, self Self, src PeerSource, log *slog.Logger, console io.Writer) error {
+	if console == nil {
+		console = io.Discard
+	}
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -183,11 +200,166 @@ func Run(ctx context.Context, cfg Config, self Self, src PeerSource, log *slog.L
 		defer srv.Close()
 	}
 	log.Info("meshd running", "interface", cfg.Interface, "public_key", key.PublicKey().String(), "addresses", addrs)
-	err = f.Run(ctx, func(ctx context.Context, s *api.PeerSet) error { _, err := ap.Apply(ctx, s); return err })
+	fmt.Fprintf(console, "meshd: running interface=%s public_key=%s addresses=%v port=%d\n", cfg.Interface, key.PublicKey(), addrs, cfg.ListenPort)
+	rep := &peerReporter{self: key.PublicKey(), out: console}
+	hs := &handshakeWatcher{ap: ap, out: console, log: log}
+	wctx, stopWatch := context.WithCancel(ctx)
+	defer stopWatch()
+	go hs.run(wctx, time.Second)
+	err = f.Run(ctx, func(ctx context.Context, s *api.PeerSet) error {
+		if _, err := ap.Apply(ctx, s); err != nil {
+			return err
+		}
+		rep.report(s)
+		return nil
+	})
 	if errors.Is(err, context.Canceled) {
 		// The interface and its peers stay: a restarted meshd (or a
 		// restarted keyd) must not tear the mesh down.
 		return nil
 	}
 	return err
+}
+
+// peerReporter writes one console line per peer change between the sets
+// applied; this node (by key) is not a peer.
+type peerReporter struct {
+	self wgtypes.Key
+	out  io.Writer
+	prev map[string]api.Peer
+}
+
+func (r *peerReporter) report(s *api.PeerSet) {
+	cur := make(map[string]api.Peer, len(s.Peers))
+	for _, p := range s.Peers {
+		if k, err := wgtypes.NewKey(p.WireGuardKey); err == nil && k == r.self {
+			continue
+		}
+		cur[p.NodeID] = p
+	}
+	ids := make([]string, 0, len(cur)+len(r.prev))
+	for id := range cur {
+		ids = append(ids, id)
+	}
+	for id := range r.prev {
+		if _, ok := cur[id]; !ok {
+			ids = append(ids, id)
+		}
+	}
+	slices.Sort(ids)
+	for _, id := range ids {
+		p, now := cur[id]
+		old, had := r.prev[id]
+		switch {
+		case now && !had:
+			fmt.Fprintf(r.out, "meshd: peer %s added revision=%d endpoint=%s mesh=%s\n", id, s.Revision, firstOr(p.Endpoints, "none"), p.MeshAddress)
+		case !now && had:
+			fmt.Fprintf(r.out, "meshd: peer %s removed revision=%d\n", id, s.Revision)
+		case !bytes.Equal(p.WireGuardKey, old.WireGuardKey) || !slices.Equal(p.Endpoints, old.Endpoints) ||
+			p.MeshAddress != old.MeshAddress || p.MeshIPv4 != old.MeshIPv4:
+			fmt.Fprintf(r.out, "meshd: peer %s updated revision=%d endpoint=%s mesh=%s\n", id, s.Revision, firstOr(p.Endpoints, "none"), p.MeshAddress)
+		}
+	}
+	r.prev = cur
+}
+
+func firstOr(s []string, def string) string {
+	if len(s) == 0 {
+		return def
+	}
+	return s[0]
+}
+
+// handshakeWatcher reads the device and writes "meshd: peer <id>
+// handshake" the first time a configured peer's handshake time is set.
+type handshakeWatcher struct {
+	ap   *Applier
+	out  io.Writer
+	log  *slog.Logger
+	seen map[wgtypes.Key]bool
+}
+
+func (h *handshakeWatcher) run(ctx context.Context, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		h.check()
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (h *handshakeWatcher) check() {
+	d, err := h.ap.WG.Device(h.ap.Interface)
+	if err != nil {
+		h.log.Debug("handshake watch: read device", "err", err)
+		return
+	}
+	ids := h.ap.nodeIDs()
+	on := make(map[wgtypes.Key]bool, len(d.Peers))
+	if h.seen == nil {
+		h.seen = map[wgtypes.Key]bool{}
+	}
+	for _, p := range d.Peers {
+		on[p.PublicKey] = true
+		if p.LastHandshakeTime.IsZero() || h.seen[p.PublicKey] {
+			continue
+		}
+		h.seen[p.PublicKey] = true
+		id := ids[p.PublicKey]
+		if id == "" {
+			id = p.PublicKey.String()
+		}
+		fmt.Fprintf(h.out, "meshd: peer %s handshake\n", id)
+	}
+	for k := range h.seen {
+		if !on[k] {
+			delete(h.seen, k)
+		}
+	}
+}
+
+// Admission is the part of attestd's admission record
+// (RunDir/admission.json) meshd needs: who this node is in the mesh.
+type Admission struct {
+	NodeID string `json:"node_id"`
+	Self
+}
+
+// ParseAdmission reads attestd's record. Other fields are attestd's and
+// ignored (meshd may not import attestd, ARCHITECTURE §2 rule 4); the
+// addresses are checked as Self.Addresses checks them.
+func ParseAdmission(b []byte) (*Admission, error) {
+	var raw struct {
+		NodeID      string `json:"node_id"`
+		MeshAddress string `json:"mesh_address"`
+		MeshIPv4    string `json:"mesh_ipv4"`
+	}
+	if err := json.Unmarshal(b, &raw); err != nil {
+		return nil, fmt.Errorf("admission record: %w", err)
+	}
+	if raw.NodeID == "" {
+		return nil, errors.New("admission record.node_id: empty")
+	}
+	a := &Admission{NodeID: raw.NodeID, Self: Self{MeshAddress: raw.MeshAddress, MeshIPv4: raw.MeshIPv4}}
+	if _, err := a.Addresses(30); err != nil {
+		return nil, fmt.Errorf("admission record.%w", err)
+	}
+	return a, nil
+}
+
+// LoadAdmission reads attestd's record at path (at most 1 MiB).
+func LoadAdmission(path string) (*Admission, error) {
+	b, err := boundedfile.Read(path, 1<<20)
+	if err != nil {
+		return nil, fmt.Errorf("admission record: %w", err)
+	}
+	a, err := ParseAdmission(b)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return a, nil
 }

@@ -1,16 +1,21 @@
-// Command meshd is the node's WireGuard mesh tool: it creates the node's key
-// and shows the mesh's state. The daemon itself runs inside the node's boot
-// sequence (meshd.Run), on the node's attested session with keyd.
+// Command meshd is the node's WireGuard mesh: `meshd run` is the daemon the
+// init starts after `attestd serve`, following keyd's peer set through
+// attestd's socket; `pubkey` and `status` are its tools (docs/meshd.md).
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"os"
+	"os/signal"
+	"syscall"
 	"time"
 
 	"github.com/palisade-cc/palisade/meshd"
@@ -19,12 +24,21 @@ import (
 const usage = `usage: meshd <command> [flags]
 
 commands:
+  run [flags]           the daemon: create the WireGuard interface with the key
+                        attestd claimed, assign the mesh addresses keyd gave
+                        (attestd's admission record), and keep the peers equal
+                        to keyd's peer set, followed through attestd's socket;
+                        prints "meshd: peer <id> added|removed|updated …" and
+                        "meshd: peer <id> handshake" on the console
   pubkey --key FILE     create the node's WireGuard key in FILE (mode 0600)
                         if missing, print its public key (the claim keyd lists)
   status [--addr A]     show the peer set and every peer's handshake and bytes
                         from the running meshd (default ` + meshd.DefaultStatusListen + `)
 
 example:
+  meshd run                                   # the image's stage: all defaults
+  meshd run --keepalive 25 --mtu 1380
+  meshd run --config /etc/palisade/meshd.json # a full meshd.Config (JSON, version 1)
   meshd pubkey --key /run/palisade/wg.key
   meshd status
 `
@@ -44,6 +58,8 @@ func run(args []string, out io.Writer) error {
 	fs := flag.NewFlagSet("meshd "+args[0], flag.ContinueOnError)
 	fs.Usage = func() { fmt.Fprint(fs.Output(), usage) }
 	switch args[0] {
+	case "run":
+		return runDaemon(fs, args[1:], out)
 	case "pubkey":
 		key := fs.String("key", "", "private key file")
 		if err := fs.Parse(args[1:]); err != nil {
@@ -68,6 +84,93 @@ func run(args []string, out io.Writer) error {
 	default:
 		return fmt.Errorf("unknown command %q (see meshd --help)", args[0])
 	}
+}
+
+// Defaults of `meshd run`: attestd's files in the guest.
+const (
+	defaultAdmission = "/run/palisade/admission.json"
+	defaultSocket    = "/run/palisade/keyd.sock"
+	defaultKey       = "/run/palisade/wg.key"
+	// defaultKeepalive makes peers handshake without traffic, so a new
+	// peer is reachable (and seen to be) at once.
+	defaultKeepalive = 5
+)
+
+// daemonConfig reads --config if given (strictly) or builds the guest's
+// defaults: kernel WireGuard created by meshd, attestd's key file.
+func daemonConfig(path string) (meshd.Config, error) {
+	if path == "" {
+		return meshd.Config{Version: 1, CreateInterface: true, KeyFile: defaultKey, PersistentKeepaliveSeconds: defaultKeepalive}, nil
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return meshd.Config{}, err
+	}
+	var c meshd.Config
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&c); err != nil {
+		return meshd.Config{}, fmt.Errorf("config %s: %w", path, err)
+	}
+	return c, nil
+}
+
+func runDaemon(fs *flag.FlagSet, args []string, out io.Writer) error {
+	cfgPath := fs.String("config", "", "meshd.Config as JSON (default: kernel WireGuard, attestd's key, keep-alive 5 s)")
+	admission := fs.String("admission", defaultAdmission, "attestd's admission record (node ID, mesh addresses)")
+	socket := fs.String("socket", defaultSocket, "attestd's peer-set socket")
+	key := fs.String("key", "", "WireGuard private key file, written by attestd (default: the config's key_file, "+defaultKey+")")
+	keepalive := fs.Int("keepalive", -1, "persistent keep-alive in seconds for every peer (default: the config's, 5)")
+	mtu := fs.Int("mtu", 0, "interface MTU (default: the config's, 1420)")
+	port := fs.Int("port", 0, "WireGuard UDP port (default: the config's, 51820; attestd's --wireguard-port must match)")
+	verbose := fs.Bool("v", false, "debug logging")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("run: unexpected arguments %q", fs.Args())
+	}
+	cfg, err := daemonConfig(*cfgPath)
+	if err != nil {
+		return err
+	}
+	if *key != "" {
+		cfg.KeyFile = *key
+	}
+	if *keepalive >= 0 {
+		cfg.PersistentKeepaliveSeconds = *keepalive
+	}
+	if *mtu != 0 {
+		cfg.MTU = *mtu
+	}
+	if *port != 0 {
+		cfg.ListenPort = *port
+	}
+	cfg.SetDefaults()
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	// attestd wrote the key and claimed its public part: a key meshd made
+	// up now would be one keyd never listed, and no peer would talk to it.
+	if _, err := os.Stat(cfg.KeyFile); err != nil {
+		return fmt.Errorf("run: key file: %w (attestd writes it at the join)", err)
+	}
+	adm, err := meshd.LoadAdmission(*admission)
+	if err != nil {
+		return err
+	}
+	level := slog.LevelInfo
+	if *verbose {
+		level = slog.LevelDebug
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})).With("component", "meshd", "node", adm.NodeID)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	err = meshd.RunConsole(ctx, cfg, adm.Self, meshd.SocketSource(*socket), log, out)
+	if err == nil && ctx.Err() == nil {
+		err = errors.New("run: stopped")
+	}
+	return err
 }
 
 func status(addr string, asJSON bool, out io.Writer) error {
