@@ -17,7 +17,9 @@ import (
 	"io/fs"
 	"os"
 	"os/exec"
+	"path"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -481,18 +483,18 @@ func goBuild(ctx context.Context, o Options, bins map[string]string, outDir stri
 	return nil
 }
 
-// presentStages keeps the stages whose command this build contains, saying
-// which it drops: the init refuses a configured stage that is missing before
-// starting any, so an image listing components not yet in the tree could
-// never run the ones it has. A node whose image lacks a later stage attests,
-// then stops with "every stage exited"; it never runs half a configuration
-// silently, and the measured init.json says exactly which stages it has.
+// presentStages keeps the stages whose command (/bin/<name>, several
+// stages may share one: attestd and attestd serve) this build contains,
+// saying which it drops. Every attestd stage gets
+// --manifest-without-log-proof when the build says so: serve verifies the
+// manifest again, as the join did.
 func presentStages(o Options, stages []api.Stage, bins map[string]string) []api.Stage {
 	var out []api.Stage
 	for _, s := range stages {
-		if _, ok := bins[s.Name]; ok && s.Path == "/bin/"+s.Name {
-			if s.Name == "attestd" && o.ManifestWithoutLogProof {
-				s.Args = append(s.Args, "--manifest-without-log-proof")
+		bin := path.Base(s.Path)
+		if _, ok := bins[bin]; ok && s.Path == "/bin/"+bin {
+			if bin == "attestd" && o.ManifestWithoutLogProof {
+				s.Args = append(slices.Clone(s.Args), "--manifest-without-log-proof")
 			}
 			out = append(out, s)
 			continue

@@ -19,7 +19,7 @@ func TestConfigValidate(t *testing.T) {
 		{"shell in production", func(c *Config) { c.Shell = "/bin/gosh" }, "shell"},
 		{"module", func(c *Config) { c.Modules = []string{"../x"} }, "modules[0]"},
 		{"no stages", func(c *Config) { c.Stages = nil }, "stages"},
-		{"dup stage", func(c *Config) { c.Stages = append(c.Stages, c.Stages[0]) }, "stages[3].name"},
+		{"dup stage", func(c *Config) { c.Stages = append(c.Stages, c.Stages[0]) }, "stages[4].name"},
 		{"relative", func(c *Config) { c.Stages[1].Path = "meshd" }, "stages[1].path"},
 		{"mode", func(c *Config) { c.Stages[0].Mode = "forever" }, "stages[0].mode"},
 		{"timeout", func(c *Config) { c.Network.Timeout = 0 }, "network.timeout"},

@@ -42,7 +42,8 @@ type Config struct {
 	// initramfs's modules.dep; modules built into the kernel are skipped.
 	Modules []string      `json:"modules"`
 	Network NetworkConfig `json:"network"`
-	// Stages run in order: attestd, meshd, the workload.
+	// Stages run in order: attestd (the join), attestd serve, meshd, the
+	// workload.
 	Stages []Stage `json:"stages"`
 	// Shell is started on failure and at the end of a debug boot. It must
 	// be empty in production.
@@ -194,9 +195,14 @@ func Default(profile string) *Config {
 		// for the LUKS2 state disk (ARCHITECTURE §5); wireguard for meshd.
 		Modules: []string{"configfs", "virtio_pci", "virtio_net", "virtio_blk", "virtio_console", "virtio_rng", "sev_guest", "ecb", "xts", "aesni_intel", "dm_crypt", "dm_integrity", "crc32c_generic", "ext4", "wireguard", "tpm_crb", "tpm_tis"},
 		Network: NetworkConfig{Timeout: Duration(15 * time.Second), Retries: 3},
+		// attestd joins and exits; `attestd serve` then holds the node's
+		// attested session with keyd for meshd (a unix socket) and its
+		// attestation endpoint for the owner; meshd follows keyd's peer
+		// set through that socket, so it needs no attestation code.
 		Stages: []Stage{
 			{Name: "attestd", Path: "/bin/attestd", Mode: ModeOneshot},
-			{Name: "meshd", Path: "/bin/meshd", Mode: ModeDaemon},
+			{Name: "attestd-serve", Path: "/bin/attestd", Args: []string{"serve"}, Mode: ModeDaemon},
+			{Name: "meshd", Path: "/bin/meshd", Args: []string{"run"}, Mode: ModeDaemon},
 			{Name: "workload", Path: "/bin/workload", Mode: ModeDaemon},
 		},
 		ManifestKey: "/etc/palisade/manifest.pub",

@@ -96,7 +96,7 @@ func TestRunOrder(t *testing.T) {
 	}
 	want := []string{"mount /proc", "mount /sys", "mount /dev", "mount /run", "mount /sys/kernel/security",
 		"modprobe virtio_net", "modprobe dm_crypt", "mount /sys/kernel/config", "dhcp",
-		"start attestd", "start meshd", "start workload"}
+		"start attestd", "start attestd-serve", "start meshd", "start workload"}
 	if d := cmp.Diff(want, f.calls); d != "" {
 		t.Errorf("calls (-want +got):\n%s", d)
 	}
