@@ -45,8 +45,7 @@ type Verifier struct {
 	initErr error
 	roots   map[string]*Roots
 	amd     map[string]*trust.AMDRootCerts
-	mu      sync.Mutex
-	crls    map[string]*x509.RevocationList // verified, by URL
+	crls    crlCache // CRLs whose ARK signature verified, by bytes and issuer
 }
 
 var _ attest.Verifier = (*Verifier)(nil)
@@ -80,7 +79,6 @@ func (v *Verifier) init() error {
 			v.amd[p] = &trust.AMDRootCerts{Product: p, ProductLine: p,
 				ProductCerts: &trust.ProductCerts{Ark: r.ARK, Ask: r.ASK, Asvk: r.ASVK}}
 		}
-		v.crls = map[string]*x509.RevocationList{}
 	})
 	return v.initErr
 }
@@ -332,11 +330,13 @@ func (v *Verifier) verify(ctx context.Context, ev *attest.Evidence, in attest.In
 	// 5. Signatures: go-sev-guest checks the endorsement certificate against
 	// the pinned ASK/ASVK and ARK only (TrustedRoots holds exactly this
 	// product's pinned roots, so its fallback to embedded roots never
-	// applies), the ASK against the CRL, and the report signature.
+	// applies), and the report signature. Its revocation check is off:
+	// steps 3 and 4 made it (CRL signed by the pinned ARK and current, ASK
+	// not listed) and more (the endorsement key and the VLEK's ICA too),
+	// on this admission's CRL; go-sev-guest's would re-verify the CRL's
+	// RSA-4096 signature on every call, under a mutex per root that
+	// serialises all admissions of a product line.
 	amd := v.amd[product]
-	amd.Mu.Lock()
-	amd.CRL = crls[0]
-	amd.Mu.Unlock()
 	chain := &spb.CertificateChain{AskCert: roots.ASK.Raw, ArkCert: roots.ARK.Raw}
 	if key == abi.VcekReportSigner {
 		chain.VcekCert = ekDER
@@ -345,7 +345,7 @@ func (v *Verifier) verify(ctx context.Context, ev *attest.Evidence, in attest.In
 	}
 	att := &spb.Attestation{Report: rep, CertificateChain: chain}
 	vopts := &verify.Options{
-		CheckRevocations:    true,
+		CheckRevocations:    false, // made in steps 3 and 4, see above
 		DisableCertFetching: v.Getter == nil,
 		Getter:              getter,
 		Now:                 now,
@@ -425,40 +425,40 @@ func orZero(b []byte, n int) []byte {
 	return b
 }
 
-// crl returns the CRL that intermediate names, fetched through getter,
-// signed by the pinned ARK and current at now; verified CRLs are kept until
-// their NextUpdate.
+// crl returns the CRL that intermediate names, fetched through getter on
+// every call (so a CRL replaced in the collateral applies to the very next
+// admission), signed by the pinned ARK and current at now. Only the
+// signature check is cached: by the CRL's bytes and the ARK (crlCache), and
+// never past the CRL's NextUpdate.
 func (v *Verifier) crl(ctx context.Context, getter trust.HTTPSGetter, intermediate, ark *x509.Certificate, now time.Time) (*x509.RevocationList, error) {
 	if len(intermediate.CRLDistributionPoints) != 1 {
 		return nil, attest.Denyf(attest.ClassChain, "pinned %s has %d CRL distribution points, want 1", intermediate.Subject.CommonName, len(intermediate.CRLDistributionPoints))
 	}
 	u := intermediate.CRLDistributionPoints[0]
-	v.mu.Lock()
-	crl := v.crls[u]
-	v.mu.Unlock()
-	if crl != nil && !now.Before(crl.ThisUpdate) && now.Before(crl.NextUpdate) {
-		return crl, nil
-	}
 	b, err := trust.GetWith(ctx, getter, u)
 	if err != nil {
 		return nil, attest.Denyf(attest.ClassCollateral, "CRL %s unavailable: %v", u, err)
 	}
-	crl, err = x509.ParseRevocationList(b)
-	if err != nil {
-		return nil, attest.Denyf(attest.ClassCollateral, "CRL %s: %v", u, err)
+	key := newCRLKey(b, ark)
+	crl, verified := v.crls.get(key, now)
+	if !verified {
+		if crl, err = x509.ParseRevocationList(b); err != nil {
+			return nil, attest.Denyf(attest.ClassCollateral, "CRL %s: %v", u, err)
+		}
+		if err := crl.CheckSignatureFrom(ark); err != nil {
+			return nil, attest.Denyf(attest.ClassChain, "CRL %s not signed by the pinned ARK: %v", u, err)
+		}
 	}
-	if err := crl.CheckSignatureFrom(ark); err != nil {
-		return nil, attest.Denyf(attest.ClassChain, "CRL %s not signed by the pinned ARK: %v", u, err)
-	}
+	// Currency is checked on every call, cached or not.
 	if now.Before(crl.ThisUpdate) {
 		return nil, attest.Denyf(attest.ClassCollateral, "CRL %s not valid before %s", u, crl.ThisUpdate.UTC().Format(time.RFC3339))
 	}
 	if crl.NextUpdate.IsZero() || !now.Before(crl.NextUpdate) {
 		return nil, attest.Denyf(attest.ClassCollateral, "CRL %s stale: next update was due %s", u, crl.NextUpdate.UTC().Format(time.RFC3339))
 	}
-	v.mu.Lock()
-	v.crls[u] = crl
-	v.mu.Unlock()
+	if !verified {
+		v.crls.put(key, crl, now)
+	}
 	return crl, nil
 }
 
