@@ -1,0 +1,298 @@
+package qemutests
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"regexp"
+	"testing"
+	"time"
+
+	"github.com/palisade-cc/palisade/internal/atls"
+	"github.com/palisade-cc/palisade/internal/attest"
+	"github.com/palisade-cc/palisade/internal/attest/snp"
+	"github.com/palisade-cc/palisade/internal/attest/snp/snptest"
+	"github.com/palisade-cc/palisade/internal/attest/tdx/tdxtest"
+	"github.com/palisade-cc/palisade/internal/roots"
+	"github.com/palisade-cc/palisade/keyd"
+	"github.com/palisade-cc/palisade/keyd/api"
+	"github.com/palisade-cc/palisade/keyd/auditlog"
+	"github.com/palisade-cc/palisade/keyd/store/bbolt"
+	"github.com/palisade-cc/palisade/qemu-tests/vm"
+)
+
+// Ports of the guests' daemons (attestd serve, meshd run defaults).
+const (
+	nodeAttestPort = 7444
+	wireGuardPort  = 51820
+)
+
+// meshOwner is what the rack's owner keeps after `verifier init`: the
+// owner key that signs revocations, and verifying sessions with keyd and
+// with nodes.
+type meshOwner struct {
+	key       ed25519.PrivateKey
+	keyd      *api.Client
+	verifiers map[attest.Platform]attest.Verifier
+}
+
+// newMeshRack is newRack whose owner key is kept, so the test can revoke a
+// node as the owner does (rack.startKeyd drops it after the init).
+func newMeshRack(t *testing.T, subnet string) (*rack, *meshOwner) {
+	t.Helper()
+	r := &rack{t: t, img: image(t), net: vm.NewNetwork(t, subnet), keydLog: &syncBuffer{}}
+	o := r.startOwnedKeyd()
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("keyd log:\n%s", tail(r.keydLog.String(), 60))
+			if r.provL != nil {
+				t.Logf("provisioner log:\n%s", tail(r.provL.String(), 30))
+			}
+		}
+	})
+	return r, o
+}
+
+// startOwnedKeyd is rack.startKeyd, returning the owner.
+func (r *rack) startOwnedKeyd() *meshOwner {
+	t, img := r.t, r.img
+	dir := t.TempDir()
+	writePEMs(t, filepath.Join(dir, "tpm-roots.pem"), img.CA.Root)
+	writePEMs(t, filepath.Join(dir, "tpm-intermediates.pem"), img.CA.Intermediate)
+	if err := img.Chain.WriteBundle(filepath.Join(dir, "kds"), snptest.BundleOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	writePEMs(t, filepath.Join(dir, "tdx-root.pem"), img.TDX.PKI.Root)
+	if err := os.Mkdir(filepath.Join(dir, "pcs"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := tdxtest.WriteDir(filepath.Join(dir, "pcs"), img.TDX.Bundle); err != nil {
+		t.Fatal(err)
+	}
+	rc := roots.Config{TPMRoots: "tpm-roots.pem", TPMIntermediates: "tpm-intermediates.pem",
+		SNP:              map[string]roots.SNP{"Milan": {VCEKChain: "kds/kdsintf.amd.com/vcek/v1/Milan/cert_chain"}},
+		SNPCollateralDir: "kds", TDXRoot: "tdx-root.pem", TDXCollateralDir: "pcs"}
+	vs, err := rc.Verifiers(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := &keyd.Config{Version: keyd.ConfigVersion, ClusterID: testCluster, NodeID: "keyd-0", Profile: img.KeydRef.Profile,
+		Listen: fmt.Sprintf("%s:%d", r.net.Gateway, keydPort), StatePath: filepath.Join(dir, "state.db"),
+		ManifestPath: img.Bundle, ManifestKeys: []string{img.PubPEM}, ManifestWithoutLogProof: true,
+		LogKeyFile: filepath.Join(dir, "log.key"), Attester: keyd.AttesterConfig{Platform: attest.PlatformSNP}, Roots: rc}
+	logger := slog.New(slog.NewTextHandler(r.keydLog, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	keys, err := keyd.LoadManifestKeys(cfg.ManifestKeys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	man, err := keyd.LoadSignedManifest(img.Bundle, keyd.ManifestOptions{Keys: keys, AllowNoLogProof: true, Logger: logger})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := bbolt.Open(cfg.StatePath, bbolt.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	signer, _, err := auditlog.NewSigner("palisade-keyd/"+testCluster, ed25519.NewKeyFromSeed(make([]byte, ed25519.SeedSize)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	lg, err := auditlog.New(st, "palisade-keyd/"+testCluster, signer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	k, err := keyd.New(ctx, cfg, keyd.Options{Store: st, Log: lg, References: man, Logger: logger,
+		Attester: &snp.Attester{Transport: &snptest.Transport{Chain: img.Chain}}, Verifiers: vs})
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	r.keyd = k
+	ln, err := r.net.Listen(cfg.Listen)
+	if err != nil {
+		cancel()
+		t.Fatalf("keyd listen in %s: %v", r.net.NS, err)
+	}
+	own, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	r.keydAddr = cfg.Listen
+	done := make(chan error, 2)
+	go func() { done <- k.Serve(ctx, ln) }()
+	go func() { done <- k.Serve(ctx, own) }()
+	t.Cleanup(func() {
+		cancel()
+		for range 2 {
+			if err := <-done; err != nil && !errors.Is(err, context.Canceled) {
+				t.Errorf("keyd Serve: %v", err)
+			}
+		}
+	})
+	o := &meshOwner{verifiers: vs}
+	_, o.key, _ = ed25519.GenerateKey(rand.Reader)
+	keydRef := img.KeydRef
+	o.keyd, err = api.NewClient(own.Addr().String(), &atls.Config{ClusterID: testCluster,
+		Claims:    attest.Claims{NodeID: "owner", Role: attest.RoleNode, Profile: "owner"},
+		Verifiers: map[attest.Platform]attest.Verifier{attest.PlatformSNP: vs[attest.PlatformSNP]},
+		Reference: func(_ context.Context, peer attest.Claims) (*attest.Reference, error) {
+			if peer.Role != attest.RoleKeyd || peer.Profile != keydRef.Profile {
+				return nil, fmt.Errorf("peer %s/%s is not keyd", peer.Role, peer.Profile)
+			}
+			return &keydRef, nil
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(o.keyd.Close)
+	master := make([]byte, api.MasterSecretSize)
+	rand.Read(master)
+	ictx, icancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer icancel()
+	if err := o.keyd.Init(ictx, &api.InitRequest{ClusterID: testCluster, MasterSecret: master,
+		OwnerKey: o.key.Public().(ed25519.PublicKey), Config: api.ClusterConfig{MeshIPv4: "10.99.0.0/16"}}); err != nil {
+		t.Fatalf("owner init of keyd: %v", err)
+	}
+	return o
+}
+
+// revoke sends the owner-signed revocation of node, as `verifier revoke`.
+func (o *meshOwner) revoke(ctx context.Context, node string) error {
+	nonce := make([]byte, api.OwnerNonceSize)
+	rand.Read(nonce)
+	req := &api.OwnerRequest{Action: api.ActionRevokeNode, ClusterID: testCluster, NodeID: node,
+		Timestamp: time.Now().Unix(), Nonce: nonce}
+	req.Sign(o.key)
+	return o.keyd.Revoke(ctx, req)
+}
+
+// attestNode is `verifier node ADDR` from the test process: no evidence of
+// its own, the pinned roots, the manifest's reference of the profile the
+// node claims. The dial runs inside the rack's namespace.
+func (r *rack) attestNode(o *meshOwner, addr string) (*atls.Conn, error) {
+	refs := r.img.Refs
+	cfg := &atls.Config{ClusterID: testCluster, Claims: attest.Claims{NodeID: "owner", Role: attest.RoleNode, Profile: "owner"},
+		Verifiers: o.verifiers,
+		Reference: func(_ context.Context, peer attest.Claims) (*attest.Reference, error) {
+			for i := range refs {
+				if peer.Role == attest.RoleNode && refs[i].Profile == peer.Profile {
+					return &refs[i], nil
+				}
+			}
+			return nil, attest.Denyf(attest.ClassPolicy, "no reference %s/%s", peer.Role, peer.Profile)
+		}}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	var c *atls.Conn
+	err := r.net.Do(func() error {
+		var err error
+		c, err = atls.Dial(ctx, "tcp", addr, cfg)
+		return err
+	})
+	return c, err
+}
+
+// TestMesh boots two TPM guests from the rack. Each attests to keyd
+// (attestd), keeps its attested session (attestd serve) and forms a kernel
+// WireGuard mesh (meshd run): each console shows the other's handshake,
+// and keyd's peer set lists both with the endpoints they claimed. The
+// owner attests one guest live on its attestation port. Then the owner
+// revokes one guest, and the other's console shows it removed within 5 s.
+func TestMesh(t *testing.T) {
+	vm.Require(t)
+	r, owner := newMeshRack(t, "10.79.0.0/24")
+	img := r.img
+	rules := []acceptRule{
+		{mac: "52:54:00:79:00:01", profile: "node", image: img.UKI},
+		{mac: "52:54:00:79:00:02", profile: "node", image: img.UKI},
+	}
+	r.serve(rules...)
+	vms := make([]*vm.VM, 2)
+	ids := make([]string, 2)
+	for i, rule := range rules {
+		vms[i] = vm.Start(t, vm.Config{Name: fmt.Sprintf("mesh-%d", i), TPM: vm.NewSWTPM(t, img.CA), Net: r.net, MAC: rule.mac,
+			Timeout: 8 * time.Minute})
+	}
+	for i, v := range vms {
+		m := v.Expect(`^attestd: admitted node=(\S+) profile=(\S+) platform=tpm`, bootTimeout)
+		ids[i] = m[1]
+		v.Expect(`^attestd: serving node=`+regexp.QuoteMeta(ids[i])+` `, 60*time.Second)
+		v.Expect(`^meshd: running interface=palisade0 `, 60*time.Second)
+	}
+	if ids[0] == ids[1] {
+		t.Fatalf("both guests are node %s", ids[0])
+	}
+	// Kernel WireGuard with a 5 s keep-alive: each side initiates a
+	// handshake as soon as it has the other as a peer.
+	for i, v := range vms {
+		other := ids[1-i]
+		v.Expect(`^meshd: peer `+regexp.QuoteMeta(other)+` added revision=\d+ endpoint=10\.79\.0\.\d+:51820 `, 90*time.Second)
+		v.Expect(`^meshd: peer `+regexp.QuoteMeta(other)+` handshake$`, 60*time.Second)
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	nodes, err := owner.keyd.Nodes(ctx)
+	if err != nil {
+		t.Fatalf("owner's registry: %v", err)
+	}
+	hosts := map[string]string{}
+	for _, n := range nodes.Nodes {
+		if len(n.Endpoints) != 1 {
+			t.Errorf("node %s claims endpoints %v, want its lease address at %d", n.NodeID, n.Endpoints, wireGuardPort)
+			continue
+		}
+		ap, err := netip.ParseAddrPort(n.Endpoints[0])
+		if err != nil || !r.net.Prefix.Contains(ap.Addr()) || ap.Port() != wireGuardPort {
+			t.Errorf("node %s endpoint %q: want an address of %s at %d", n.NodeID, n.Endpoints[0], r.net.Prefix, wireGuardPort)
+		}
+		hosts[n.NodeID] = ap.Addr().String()
+	}
+	if len(hosts) != 2 || hosts[ids[0]] == "" || hosts[ids[1]] == "" {
+		t.Fatalf("keyd's registry %+v, want both guests with endpoints", nodes.Nodes)
+	}
+
+	// verifier node: live attestation on the guest's attestation port
+	// (verifier cluster dials the first endpoint's host there).
+	addr := net.JoinHostPort(hosts[ids[0]], fmt.Sprint(nodeAttestPort))
+	c, err := r.attestNode(owner, addr)
+	if err != nil {
+		vms[0].Fail("live attestation of %s at %s: %v", ids[0], addr, err)
+	}
+	v, claims := c.PeerVerified(), c.PeerClaims()
+	c.Close()
+	if v == nil || v.Platform != attest.PlatformTPM || v.Profile != tpmProfile || claims.NodeID != ids[0] {
+		t.Errorf("live attestation proved %+v for claims %+v, want %s on tpm as %s", v, claims, tpmProfile, ids[0])
+	}
+	for _, n := range nodes.Nodes {
+		if n.NodeID == ids[0] && (v == nil || n.HardwareID != v.HardwareID || !maps.Equal(n.Measurements, v.Measurements)) {
+			t.Errorf("live evidence (hardware %v) is not the admitted node's (hardware %s)", v, n.HardwareID)
+		}
+	}
+
+	// Revocation: the owner revokes guest 1; guest 0 drops it.
+	start := time.Now()
+	if err := owner.revoke(ctx, ids[1]); err != nil {
+		t.Fatalf("revoke %s: %v", ids[1], err)
+	}
+	re := regexp.MustCompile(`^meshd: peer ` + regexp.QuoteMeta(ids[1]) + ` removed`)
+	if _, err := vms[0].Console.Wait(re, 10*time.Second); err != nil {
+		vms[0].Fail("peer %s not removed within 10 s of its revocation: %v", ids[1], err)
+	}
+	took := time.Since(start)
+	t.Logf("revocation to removal on the other guest's console: %s", took.Round(time.Millisecond))
+	if took > 5*time.Second {
+		t.Errorf("peer removed %s after the revocation, want at most 5 s", took)
+	}
+}
