@@ -17,13 +17,29 @@
 # (nodes, other work), and wall-clock ns/op would mix that in. The floor's
 # CPU per op is (CPU of a run of N+1 ops − CPU of a run of 1 op) / N.
 #
+#
+# Storms (SEV-SNP, emulated nodes in the child process):
+#   open loop   1,000 nodes arriving at KEYD_STORM_RATE per second (default
+#               50: 1,000 nodes in 20 s); a node's latency is its completion
+#               minus its scheduled start, so queueing behind keyd counts.
+#               The p99 goal is judged here.
+#   closed loop 1,000 and 10,000 nodes, KEYD_BENCH_WORKERS (default 16)
+#               nodes in flight, each starting the next when admitted: the
+#               total-time goal is judged here; its latencies are those of
+#               a saturated keyd and are printed for completeness only.
+# The nodes' own crypto (emulated firmware signature, verification of keyd,
+# TLS) runs on the same two cores: node-cpu is the node process's CPU per
+# admission, so the reader can see keyd's share of the wall time. The
+# machine's load average is printed with every section.
+#
 # Env: ADMISSIONS (default 300), FLOOR_OPS (default 300), STORMS (bench
-# regexp, default both storms), KEYD_BENCH_WORKERS (node concurrency, 16).
+# regexp, default all storms), KEYD_BENCH_WORKERS, KEYD_STORM_RATE.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 admissions=${ADMISSIONS:-300}
 floor_ops=${FLOOR_OPS:-300}
-storms=${STORMS:-'^BenchmarkStorm$'}
+storms=${STORMS:-'^BenchmarkStorm(Open)?$'}
+load() { echo "load average: $(cut -d' ' -f1-3 /proc/loadavg) ($(nproc) cores)"; }
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
@@ -38,6 +54,7 @@ cpu() {
 	awk '{ print $1 + $2 }' "$tmp/time"
 }
 
+load
 declare -A floor_ms
 for p in snp tdx tpm; do
 	dir="./internal/attest/$p"
@@ -49,6 +66,7 @@ for p in snp tdx tpm; do
 done
 
 echo
+load
 "$tmp/keyd.test" -test.run '^$' -test.bench '^BenchmarkAdmit(SNP|TDX|TPM)$' -test.benchtime "${admissions}x" -test.timeout 30m 2>/dev/null |
 	grep -E '^Benchmark' | tee "$tmp/admit"
 echo
@@ -59,19 +77,23 @@ for p in snp tdx tpm; do
 		for (i = 3; i < NF; i++) m[$(i+1)] = $i
 		cpu = m["keyd-cpu-ms/op"]; fw = m["emulated-fw-ms/op"]
 		if (cpu - fw <= 0) exit
-		printf "keyd %s: %.3f ms keyd CPU per admission (verification %.3f, other keyd work %.3f) + %.3f ms emulated firmware; %.0f admissions/s per keyd core; floor %.0f verifications/s per core\n", \
-			p, cpu - fw, m["verify-cpu-ms/op"], m["keyd-overhead-ms/op"], fw, 1000 / (cpu - fw), 1000 / floor
+		printf "keyd %s: %.3f ms keyd CPU per admission (verification %.3f, other keyd work %.3f) + %.3f ms emulated firmware; %.0f admissions/s per keyd core; floor %.0f verifications/s per core; nodes %.3f ms CPU per admission; load %.2f\n", \
+			p, cpu - fw, m["verify-cpu-ms/op"], m["keyd-overhead-ms/op"], fw, 1000 / (cpu - fw), 1000 / floor, m["node-cpu-ms/op"], m["load-1m"]
 		printf "RATIO keyd-admissions-%s keyd/floor = %.2fx\n", p, floor / (cpu - fw)
 	}' "$tmp/admit"
 done
 
 echo
+load
 "$tmp/keyd.test" -test.run '^$' -test.bench "$storms" -test.benchtime 1x -test.timeout 60m 2>/dev/null |
 	grep -E '^Benchmark' | tee "$tmp/storm"
 awk '
 /^BenchmarkStorm/ {
 	for (i = 3; i < NF; i++) m[$(i+1)] = $i
-	split($1, a, "="); sub(/-[0-9]+$/, "", a[2])
-	printf "STORM nodes=%s p50=%.1fms p99=%.1fms total=%.1fs failures=%d admissions/s=%.1f keyd-cpu=%.3fms/admission\n", \
-		a[2], m["p50-ms"], m["p99-ms"], m["total-s"], m["failures"], m["admissions/s"], m["keyd-cpu-ms/op"]
+	name = $1; sub(/-[0-9]+$/, "", name)
+	kind = name ~ /^BenchmarkStormOpen/ ? "open" : "closed"
+	n = split(name, parts, "/"); desc = ""
+	for (j = 2; j <= n; j++) desc = desc " " parts[j]
+	printf "STORM %s%s p50=%.1fms p99=%.1fms total=%.1fs failures=%d admissions/s=%.1f keyd-cpu=%.3fms/admission (emulated fw %.3f) node-cpu=%.3fms/admission load=%.2f\n", \
+		kind, desc, m["p50-ms"], m["p99-ms"], m["total-s"], m["failures"], m["admissions/s"], m["keyd-cpu-ms/op"] - m["emulated-fw-ms/op"], m["emulated-fw-ms/op"], m["node-cpu-ms/op"], m["load-1m"]
 }' "$tmp/storm"
