@@ -317,3 +317,22 @@ type LogEntries struct {
 type Proof struct {
 	Hashes [][]byte `json:"hashes"`
 }
+
+// KubeJoin is the kubeadm join material of an admitted node (keyd/kube):
+// a bootstrap token that lives minutes and authenticates only the join,
+// the cluster CA's pin, and for control-plane joiners the key of the
+// kubeadm-certs Secret. Proposed field: AdmitResponse.Kube *KubeJoin
+// `json:"kube,omitempty"` (absent when keyd issues no join material).
+type KubeJoin struct {
+	// APIServerEndpoint is the host:port kubeadm's discovery dials.
+	APIServerEndpoint string `json:"api_server_endpoint"`
+	// Token is "[a-z0-9]{6}.[a-z0-9]{16}" (kubeadm's bootstrap token).
+	Token string `json:"token"`
+	// CACertHashes are "sha256:<hex of the CA's SubjectPublicKeyInfo>".
+	CACertHashes []string `json:"ca_cert_hashes"`
+	// CertificateKey is the hex AES-256 key of kubeadm-certs; control-plane
+	// joiners only.
+	CertificateKey string `json:"certificate_key,omitempty"`
+	// Expires is when the token stops working (and is deleted).
+	Expires time.Time `json:"expires"`
+}
