@@ -17,11 +17,11 @@
 # (nodes, other work), and wall-clock ns/op would mix that in. The floor's
 # CPU per op is (CPU of a run of N+1 ops − CPU of a run of 1 op) / N.
 #
-#
 # Storms (SEV-SNP, emulated nodes in the child process):
-#   open loop   1,000 nodes arriving at KEYD_STORM_RATE per second (default
-#               50: 1,000 nodes in 20 s); a node's latency is its completion
-#               minus its scheduled start, so queueing behind keyd counts.
+#   open loop   1,000 nodes arriving at KEYD_STORM_RATE per second (a comma
+#               list, default 50,100: 1,000 nodes in 20 s and in 10 s); a
+#               node's latency is its completion minus its scheduled
+#               start, so queueing behind keyd counts.
 #               The p99 goal is judged here.
 #   closed loop 1,000 and 10,000 nodes, KEYD_BENCH_WORKERS (default 16)
 #               nodes in flight, each starting the next when admitted: the
