@@ -25,10 +25,10 @@ import (
 	"sync"
 
 	"github.com/palisade-cc/palisade/images/cpio"
-	"github.com/palisade-cc/palisade/images/measure"
 	"github.com/palisade-cc/palisade/images/uki"
 	"github.com/palisade-cc/palisade/initramfs/api"
 	"github.com/palisade-cc/palisade/internal/attest"
+	"github.com/palisade-cc/palisade/internal/measure"
 	"github.com/u-root/u-root/pkg/kmodule"
 )
 

@@ -12,8 +12,8 @@ import (
 	"github.com/palisade-cc/palisade/images/cvm/snp"
 	"github.com/palisade-cc/palisade/images/cvm/tdx"
 	"github.com/palisade-cc/palisade/images/firmware"
-	"github.com/palisade-cc/palisade/images/measure"
 	"github.com/palisade-cc/palisade/internal/attest"
+	"github.com/palisade-cc/palisade/internal/measure"
 )
 
 // Shape is one confidential-VM shape: what the VMM sets that enters the

@@ -12,7 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 
-	"github.com/palisade-cc/palisade/images/measure"
+	"github.com/palisade-cc/palisade/internal/measure"
 )
 
 // DefaultStub is Debian's systemd-stub (package systemd-boot-efi).

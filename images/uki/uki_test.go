@@ -13,7 +13,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
-	"github.com/palisade-cc/palisade/images/measure"
+	"github.com/palisade-cc/palisade/internal/measure"
 )
 
 func TestLayout(t *testing.T) {

@@ -15,9 +15,9 @@ import (
 
 	"github.com/palisade-cc/palisade/images/cvm/ovmf"
 	"github.com/palisade-cc/palisade/images/firmware"
-	"github.com/palisade-cc/palisade/images/measure"
 	"github.com/palisade-cc/palisade/internal/attest"
 	"github.com/palisade-cc/palisade/internal/attest/cvmport"
+	"github.com/palisade-cc/palisade/internal/measure"
 )
 
 // noise fills n bytes deterministically (xorshift32).

@@ -10,9 +10,9 @@ import (
 	"github.com/palisade-cc/palisade/images/build"
 	"github.com/palisade-cc/palisade/images/cvm/ovmf"
 	cvmtdx "github.com/palisade-cc/palisade/images/cvm/tdx"
-	"github.com/palisade-cc/palisade/images/measure"
 	"github.com/palisade-cc/palisade/internal/attest"
 	"github.com/palisade-cc/palisade/internal/attest/tdx/tdxtest"
+	"github.com/palisade-cc/palisade/internal/measure"
 )
 
 // ccelArea is the size of the CC event log area TDVF reserves (ACPI CCEL

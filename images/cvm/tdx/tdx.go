@@ -12,7 +12,7 @@ import (
 	"hash"
 
 	"github.com/palisade-cc/palisade/images/cvm/ovmf"
-	"github.com/palisade-cc/palisade/images/measure"
+	"github.com/palisade-cc/palisade/internal/measure"
 )
 
 // Size is the size of MRTD and of each RTMR (SHA-384).

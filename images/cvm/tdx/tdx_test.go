@@ -14,7 +14,7 @@ import (
 
 	"github.com/palisade-cc/palisade/images/cvm/internal/fwtest"
 	"github.com/palisade-cc/palisade/images/cvm/ovmf"
-	"github.com/palisade-cc/palisade/images/measure"
+	"github.com/palisade-cc/palisade/internal/measure"
 )
 
 // crossChecked are MRTDs printed by an independent implementation: td-shim's
