@@ -29,6 +29,7 @@ import (
 	"github.com/palisade-cc/palisade/internal/attest/tpm"
 	"github.com/palisade-cc/palisade/internal/attest/tpm/tpmtest"
 	"github.com/palisade-cc/palisade/keyd/api"
+	"github.com/palisade-cc/palisade/keyd/store/bbolt"
 )
 
 // The keyd benchmarks run keyd in the benchmark process and the emulated
@@ -161,6 +162,7 @@ type benchResult struct {
 	nodeResult
 	wall                     time.Duration
 	cpu, fw, verify, runtime time.Duration
+	commits                  int64
 	n                        int
 }
 
@@ -169,11 +171,19 @@ type benchResult struct {
 func (bk *benchKeyd) measure(b *testing.B, start, n, workers int, rate float64) benchResult {
 	b.Helper()
 	runtime.GC()
-	c0, f0, v0 := selfCPU(), bk.fw.total(), bk.ver.total()
+	c0, f0, v0, k0 := selfCPU(), bk.fw.total(), bk.ver.total(), bk.commits()
 	t0 := time.Now()
 	r := bk.run(b, start, n, workers, rate)
 	return benchResult{nodeResult: r, wall: time.Since(t0), cpu: selfCPU() - c0,
-		fw: bk.fw.total() - f0, verify: bk.ver.total() - v0, n: n}
+		fw: bk.fw.total() - f0, verify: bk.ver.total() - v0, commits: bk.commits() - k0, n: n}
+}
+
+// commits counts keyd's store transactions (each one fsync).
+func (bk *benchKeyd) commits() int64 {
+	if s, ok := bk.h.st.(*bbolt.Store); ok {
+		return s.Commits()
+	}
+	return 0
 }
 
 func (bk *benchKeyd) run(b *testing.B, start, n, workers int, rate float64) nodeResult {
@@ -206,6 +216,9 @@ func (r benchResult) report(b *testing.B) {
 	// verification of keyd, TLS) says how much of the wall time is theirs.
 	b.ReportMetric(r.NodeCPUMs/float64(r.n), "node-cpu-ms/op")
 	b.ReportMetric(loadAvg(), "load-1m")
+	if r.commits > 0 {
+		b.ReportMetric(float64(r.n)/float64(r.commits), "admissions/commit")
+	}
 }
 
 // loadAvg is the machine's one-minute load average (0 if unknown): the

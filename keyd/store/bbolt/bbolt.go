@@ -154,6 +154,11 @@ func (s *Store) Update(ctx context.Context, fn func(store.Tx) error) error {
 	return r.err
 }
 
+// Commits is the number of transactions the group committer has
+// committed (each one fsync): Updates per commit is how much a storm
+// shares its fsyncs.
+func (s *Store) Commits() int64 { return s.commits.Load() }
+
 // Watch returns a channel that receives a value after every committed
 // Update that wrote to bucket. It is closed when ctx is done or the store
 // is closed.

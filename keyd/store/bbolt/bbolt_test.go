@@ -100,7 +100,7 @@ func TestGroupCommitBatches(t *testing.T) {
 	// Many concurrent writers must share transactions.
 	s := openTemp(t)
 	defer s.Close()
-	before := s.commits.Load()
+	before := s.Commits()
 	const n = 200
 	var wg sync.WaitGroup
 	for i := range n {
@@ -113,7 +113,7 @@ func TestGroupCommitBatches(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	commits := s.commits.Load() - before
+	commits := s.Commits() - before
 	t.Logf("%d Updates in %d transactions", n, commits)
 	if commits >= n {
 		t.Errorf("%d concurrent Updates took %d transactions: no group commit", n, commits)
