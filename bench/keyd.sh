@@ -94,6 +94,6 @@ awk '
 	kind = name ~ /^BenchmarkStormOpen/ ? "open" : "closed"
 	n = split(name, parts, "/"); desc = ""
 	for (j = 2; j <= n; j++) desc = desc " " parts[j]
-	printf "STORM %s%s p50=%.1fms p99=%.1fms total=%.1fs failures=%d admissions/s=%.1f keyd-cpu=%.3fms/admission (emulated fw %.3f) node-cpu=%.3fms/admission load=%.2f\n", \
-		kind, desc, m["p50-ms"], m["p99-ms"], m["total-s"], m["failures"], m["admissions/s"], m["keyd-cpu-ms/op"] - m["emulated-fw-ms/op"], m["emulated-fw-ms/op"], m["node-cpu-ms/op"], m["load-1m"]
+	printf "STORM %s%s p50=%.1fms p99=%.1fms total=%.1fs failures=%d admissions/s=%.1f keyd-cpu=%.3fms/admission (emulated fw %.3f) node-cpu=%.3fms/admission admissions/commit=%.1f load=%.2f\n", \
+		kind, desc, m["p50-ms"], m["p99-ms"], m["total-s"], m["failures"], m["admissions/s"], m["keyd-cpu-ms/op"] - m["emulated-fw-ms/op"], m["emulated-fw-ms/op"], m["node-cpu-ms/op"], m["admissions/commit"], m["load-1m"]
 }' "$tmp/storm"
