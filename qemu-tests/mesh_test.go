@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strings"
 	"testing"
 	"time"
 
@@ -135,7 +136,15 @@ func (r *rack) startOwnedKeyd() *meshOwner {
 	t.Cleanup(func() {
 		cancel()
 		for range 2 {
-			if err := <-done; err != nil && !errors.Is(err, context.Canceled) {
+			err := <-done
+			switch {
+			case err == nil, errors.Is(err, context.Canceled):
+			case errors.Is(err, context.DeadlineExceeded):
+				// keyd's Shutdown waits 5 s for requests; a guest's
+				// long poll (attestd serve) holds one for up to its wait,
+				// and its VM is already gone. Not a failure of the mesh.
+				t.Logf("keyd Serve: shutdown with long polls still open: %v", err)
+			default:
 				t.Errorf("keyd Serve: %v", err)
 			}
 		}
@@ -239,6 +248,13 @@ func TestMesh(t *testing.T) {
 		other := ids[1-i]
 		v.Expect(`^meshd: peer `+regexp.QuoteMeta(other)+` added revision=\d+ endpoint=10\.79\.0\.\d+:51820 `, 90*time.Second)
 		v.Expect(`^meshd: peer `+regexp.QuoteMeta(other)+` handshake$`, 60*time.Second)
+	}
+	for i, v := range vms {
+		for _, l := range v.Console.Lines() {
+			if strings.HasPrefix(l.Text, "attestd: admitted") || strings.HasPrefix(l.Text, "attestd: serving") || strings.HasPrefix(l.Text, "meshd: ") {
+				t.Logf("guest %d at %6.1fs: %s", i, l.At.Seconds(), l.Text)
+			}
+		}
 	}
 
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
