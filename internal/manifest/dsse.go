@@ -32,8 +32,8 @@ type Signature struct {
 	Sig   []byte `json:"sig"`
 }
 
-// Bundle is what images publishes: the envelope and, once the transparency
-// log is wired in, the log's inclusion proof for it.
+// Bundle is what images publishes: the envelope and the transparency log's
+// inclusion proof for it (rekor.go).
 type Bundle struct {
 	DSSE Envelope `json:"dsse"`
 	// LogProof is the transparency-log entry's inclusion proof and signed
@@ -144,8 +144,8 @@ var (
 )
 
 // LogVerifier checks a transparency-log inclusion proof for an envelope
-// offline, against the log's pinned public key. The Rekor implementation
-// lives with the log client; this package only defines the seam.
+// offline, against the log's pinned public key; RekorVerifier is the one
+// Palisade uses.
 type LogVerifier interface {
 	VerifyLogProof(envelope []byte, proof json.RawMessage) error
 }
@@ -169,8 +169,8 @@ type Options struct {
 	// Log verifies the bundle's log proof. Nil requires AllowNoLogProof.
 	Log LogVerifier
 	// AllowNoLogProof accepts a manifest without a verified log proof and
-	// reports LogMissing. It exists until the Rekor verifier lands; callers
-	// must surface the status, never drop it.
+	// reports LogMissing: test builds and explicit operator overrides only;
+	// callers must surface the status, never drop it.
 	AllowNoLogProof bool
 }
 
@@ -231,12 +231,14 @@ func Verify(bundle []byte, o Options) (*Result, error) {
 		if len(b.LogProof) == 0 {
 			return nil, attest.Denyf(attest.ClassChain, "bundle carries no log proof: %w", ErrNoLogProof)
 		}
-		eb, err := json.Marshal(env)
+		eb, err := EnvelopeBytes(&b)
 		if err != nil {
 			return nil, attest.Deny(attest.ClassInternal, err)
 		}
+		// Both wrapped: callers tell ErrLogProof apart, tests and logs the
+		// verifier's own reason and class (a malformed proof stays malformed).
 		if err := o.Log.VerifyLogProof(eb, b.LogProof); err != nil {
-			return nil, attest.Denyf(attest.ClassChain, "%v: %w", err, ErrLogProof)
+			return nil, attest.Denyf(attest.ClassChain, "%w: %w", ErrLogProof, err)
 		}
 		res.Log = LogVerified
 	case o.AllowNoLogProof:
