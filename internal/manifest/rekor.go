@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/go-openapi/strfmt"
 	"github.com/sigstore/rekor/pkg/generated/models"
 	"github.com/sigstore/rekor/pkg/util"
 	rekorverify "github.com/sigstore/rekor/pkg/verify"
@@ -313,3 +314,18 @@ func sameKey(a, b crypto.PublicKey) bool {
 // LogVerifier, and as a publisher must submit them to the log: the entry's
 // envelopeHash covers exactly these bytes.
 func EnvelopeBytes(b *Bundle) ([]byte, error) { return json.Marshal(b.DSSE) }
+
+// RekorProposedEntry is the dsse v0.0.1 entry a publisher submits to Rekor
+// (POST /api/v1/log/entries) for envelope, the bytes EnvelopeBytes gives,
+// with the PEM public keys that verify its signatures: Rekor refuses an
+// envelope with a signature none of them verifies.
+func RekorProposedEntry(envelope []byte, verifierPEMs ...[]byte) *models.DSSE {
+	env := string(envelope)
+	vs := make([]strfmt.Base64, len(verifierPEMs))
+	for i, v := range verifierPEMs {
+		vs[i] = v
+	}
+	api := RekorEntryVersion
+	return &models.DSSE{APIVersion: &api, Spec: &models.DSSEV001Schema{
+		ProposedContent: &models.DSSEV001SchemaProposedContent{Envelope: &env, Verifiers: vs}}}
+}

@@ -1,10 +1,11 @@
-// Command images builds Palisade's measured image and signs and verifies its
-// manifest.
+// Command images builds Palisade's measured image, signs its manifest,
+// records it in a Rekor transparency log and verifies it.
 //
 //	images build --profile production [--version v1] [--manifest-key pub.pem] [--firmware DIR [--snp-product Milan] [--tdx-boots boots.json]]
 //	images keygen --out key            (writes key.pem and key.pub.pem)
 //	images sign --key key.pem --dir out/image/production --security-version 3 --out manifest.dsse
-//	images verify --pub key.pub.pem --dir out/image/production --last-accepted 2 --no-tlog manifest.dsse
+//	images publish --rekor https://rekor.example --log-key rekor.pub.pem --pub key.pub.pem manifest.dsse
+//	images verify --pub key.pub.pem --log-key rekor.pub.pem --dir out/image/production --last-accepted 2 manifest.dsse
 package main
 
 import (
@@ -35,7 +36,9 @@ func main() {
 	case "sign":
 		err = cmdSign(os.Args[2:])
 	case "verify":
-		err = cmdVerify(os.Args[2:])
+		err = cmdVerify(os.Args[2:], os.Stdout, os.Stderr)
+	case "publish":
+		err = cmdPublish(ctx, os.Args[2:], os.Stdout, os.Stderr)
 	default:
 		usage()
 	}
@@ -46,12 +49,13 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprint(os.Stderr, `usage: images build|keygen|sign|verify [flags]
+	fmt.Fprint(os.Stderr, `usage: images build|keygen|sign|publish|verify [flags]
 
   images build --profile production --out out/image
   images keygen --out out/image/manifest-key
   images sign --key out/image/manifest-key.pem --dir out/image/production --security-version 1 --out out/image/production/manifest.dsse
-  images verify --pub out/image/manifest-key.pub.pem --dir out/image/production --last-accepted 0 --no-tlog out/image/production/manifest.dsse
+  images publish --rekor https://rekor.example --log-key rekor.pub.pem --pub out/image/manifest-key.pub.pem out/image/production/manifest.dsse
+  images verify --pub out/image/manifest-key.pub.pem --log-key rekor.pub.pem --dir out/image/production --last-accepted 0 out/image/production/manifest.dsse
 
 Run "images <command> --help" for the flags.
 `)

@@ -10,9 +10,11 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"sort"
+	"time"
 
 	"github.com/palisade-cc/palisade/internal/attest"
 	"github.com/palisade-cc/palisade/internal/manifest"
@@ -125,47 +127,58 @@ type multi []string
 func (m *multi) String() string     { return fmt.Sprint(*m) }
 func (m *multi) Set(s string) error { *m = append(*m, s); return nil }
 
-func cmdVerify(args []string) error {
-	fs := flag.NewFlagSet("verify", flag.ExitOnError)
+func cmdVerify(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("verify", flag.ContinueOnError)
+	fs.SetOutput(stderr)
 	var pubs multi
-	fs.Var(&pubs, "pub", "pinned PEM public key (repeatable)")
+	fs.Var(&pubs, "pub", "pinned PEM public key of the manifest signer (repeatable)")
 	dir := fs.String("dir", "", "check every listed file's digest in this directory")
 	last := fs.Uint64("last-accepted", 0, "highest security version accepted before")
-	noLog := fs.Bool("no-tlog", false, "accept a manifest without a transparency-log proof (reported, until Rekor lands)")
+	logKey := fs.String("log-key", "", "pinned PEM public key of the Rekor log: the bundle's log proof must verify with it, offline")
+	noLog := fs.Bool("no-tlog", false, "accept a manifest without a transparency-log proof (test images only; reported on every run)")
 	fs.Usage = func() {
-		fmt.Fprintln(os.Stderr, "images verify --pub K.pub.pem [--dir DIR] [--last-accepted N] [--no-tlog] BUNDLE\nexample: images verify --pub out/image/manifest-key.pub.pem --dir out/image/production --no-tlog out/image/production/manifest.json")
+		fmt.Fprintln(stderr, "images verify --pub K.pub.pem (--log-key rekor.pub.pem | --no-tlog) [--dir DIR] [--last-accepted N] BUNDLE\nexample: images verify --pub out/image/manifest-key.pub.pem --log-key rekor.pub.pem --dir out/image/production --last-accepted 2 out/image/production/manifest.dsse")
 		fs.PrintDefaults()
 	}
-	fs.Parse(args)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
 	if fs.NArg() != 1 {
 		fs.Usage()
 		return errors.New("want exactly one bundle")
 	}
+	if (*logKey == "") == !*noLog {
+		return errors.New("want exactly one of --log-key (verify the Rekor inclusion proof) and --no-tlog")
+	}
 	var keys []crypto.PublicKey
 	for _, p := range pubs {
-		b, err := os.ReadFile(p)
+		k, _, err := readPublicKey(p)
 		if err != nil {
-			return err
-		}
-		k, err := manifest.ParsePublicKey(b)
-		if err != nil {
-			return fmt.Errorf("%s: %w", p, err)
+			return fmt.Errorf("--pub: %w", err)
 		}
 		keys = append(keys, k)
+	}
+	opts := manifest.Options{Keys: keys, LastAccepted: *last, AllowNoLogProof: *noLog}
+	var rec *recordingLog
+	if *logKey != "" {
+		lk, _, err := readPublicKey(*logKey)
+		if err != nil {
+			return fmt.Errorf("--log-key: %w", err)
+		}
+		rec = &recordingLog{v: manifest.RekorVerifier{LogKey: lk, ManifestKeys: keys}}
+		opts.Log = rec
 	}
 	b, err := os.ReadFile(fs.Arg(0))
 	if err != nil {
 		return err
 	}
-	// No Rekor verifier exists yet: without --no-tlog this fails with
-	// "no transparency-log proof", as it must.
-	res, err := manifest.Verify(b, manifest.Options{Keys: keys, LastAccepted: *last, AllowNoLogProof: *noLog})
+	res, err := manifest.Verify(b, opts)
 	if err != nil {
-		return err
+		return fmt.Errorf("%s: %w", fs.Arg(0), err)
 	}
 	if *dir != "" {
 		if err := res.Manifest.CheckFiles(os.DirFS(*dir)); err != nil {
-			return err
+			return fmt.Errorf("%s: %w", *dir, err)
 		}
 	}
 	profiles := []string{}
@@ -173,9 +186,25 @@ func cmdVerify(args []string) error {
 		profiles = append(profiles, r.Profile)
 	}
 	sort.Strings(profiles)
-	fmt.Printf("OK image %s security version %d key %s profiles %v\n", res.Manifest.ImageVersion, res.Manifest.SecurityVersion, res.KeyID, profiles)
-	if res.Log != manifest.LogVerified {
-		fmt.Printf("WARNING: %s\n", res.Log)
+	fmt.Fprintf(stdout, "OK image %s security version %d key %s profiles %v\n", res.Manifest.ImageVersion, res.Manifest.SecurityVersion, res.KeyID, profiles)
+	if res.Log == manifest.LogVerified && rec != nil && rec.entry != nil {
+		fmt.Fprintf(stdout, "transparency log: entry %d integrated %s, included in tree size %d (checkpoint %q), verified offline with the pinned log key\n",
+			rec.entry.LogIndex(), rec.entry.IntegratedTime().Format(time.RFC3339), rec.entry.Checkpoint.Size, rec.entry.Checkpoint.Origin)
+	} else {
+		fmt.Fprintf(stdout, "WARNING: %s (--no-tlog): the manifest's presence in the transparency log was NOT checked\n", res.Log)
 	}
 	return nil
+}
+
+// recordingLog is the Rekor verifier keeping the entry it verified, for
+// the report.
+type recordingLog struct {
+	v     manifest.RekorVerifier
+	entry *manifest.LogEntry
+}
+
+func (r *recordingLog) VerifyLogProof(env []byte, proof json.RawMessage) error {
+	e, err := r.v.Verify(env, proof)
+	r.entry = e
+	return err
 }

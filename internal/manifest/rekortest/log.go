@@ -79,7 +79,8 @@ func PublicKeyPEM(k crypto.PublicKey) []byte {
 }
 
 // ProposedEntry is the dsse v0.0.1 entry a publisher submits for envelope
-// with its verifier keys (PEM).
+// with its verifier keys (PEM); manifest.RekorProposedEntry is the same, and
+// this copy only avoids an import cycle with manifest's own tests.
 func ProposedEntry(envelope []byte, verifiers ...[]byte) *models.DSSE {
 	env := string(envelope)
 	vs := make([]strfmt.Base64, len(verifiers))
@@ -94,16 +95,24 @@ func ProposedEntry(envelope []byte, verifiers ...[]byte) *models.DSSE {
 // Add records envelope (with its signers' PEM public keys) as a dsse entry,
 // validating it as rekor-server does, and returns its index.
 func (l *Log) Add(envelope []byte, verifiers ...[]byte) (int, error) {
-	ctx := context.Background()
-	ei, err := types.CreateVersionedEntry(ProposedEntry(envelope, verifiers...))
+	body, err := l.body(envelope, verifiers...)
 	if err != nil {
-		return 0, fmt.Errorf("rekortest: entry: %w", err)
-	}
-	body, err := types.CanonicalizeEntry(ctx, ei)
-	if err != nil {
-		return 0, fmt.Errorf("rekortest: canonicalize: %w", err)
+		return 0, err
 	}
 	return l.AddBody(body), nil
+}
+
+// body is the canonical entry body rekor-server writes for the proposal.
+func (l *Log) body(envelope []byte, verifiers ...[]byte) ([]byte, error) {
+	ei, err := types.CreateVersionedEntry(ProposedEntry(envelope, verifiers...))
+	if err != nil {
+		return nil, fmt.Errorf("rekortest: entry: %w", err)
+	}
+	body, err := types.CanonicalizeEntry(context.Background(), ei)
+	if err != nil {
+		return nil, fmt.Errorf("rekortest: canonicalize: %w", err)
+	}
+	return body, nil
 }
 
 // AddBody appends a raw leaf (any entry body) and returns its index.
