@@ -126,7 +126,35 @@ func Decode(b []byte) (*Manifest, error) {
 	if err := m.Validate(); err != nil {
 		return nil, fmt.Errorf("manifest: %w", err)
 	}
+	m.applyMinTCB()
 	return &m, nil
+}
+
+// applyMinTCB raises every SEV-SNP and TDX reference's own TCB floor to the
+// manifest-wide one, component by component, so the verifiers (which read
+// only a reference's floor) enforce min_tcb: a field of the signed manifest
+// that nothing applied would be an unchecked promise.
+func (m *Manifest) applyMinTCB() {
+	for _, set := range [][]attest.Reference{m.References, m.Keyd} {
+		for i := range set {
+			if s, f := set[i].SNP, m.MinTCB.SNP; s != nil && f != nil {
+				s.MinTCB = maxSNPTCB(s.MinTCB, *f)
+			}
+			if t, f := set[i].TDX, m.MinTCB.TDXTEETCBSVN; t != nil && len(f) == 16 {
+				if len(t.MinTEETCBSVN) != 16 {
+					t.MinTEETCBSVN = make(attest.HexBytes, 16)
+				}
+				for j := range f {
+					t.MinTEETCBSVN[j] = max(t.MinTEETCBSVN[j], f[j])
+				}
+			}
+		}
+	}
+}
+
+func maxSNPTCB(a, b attest.SNPTCB) attest.SNPTCB {
+	return attest.SNPTCB{BootLoader: max(a.BootLoader, b.BootLoader), TEE: max(a.TEE, b.TEE),
+		SNP: max(a.SNP, b.SNP), Microcode: max(a.Microcode, b.Microcode), FMC: max(a.FMC, b.FMC)}
 }
 
 func strictUnmarshal(b []byte, v any) error {
