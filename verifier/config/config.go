@@ -5,6 +5,7 @@ package config
 
 import (
 	"bytes"
+	"crypto"
 	"crypto/ed25519"
 	"encoding/hex"
 	"encoding/json"
@@ -22,6 +23,7 @@ import (
 	"golang.org/x/mod/sumdb/note"
 
 	"github.com/palisade-cc/palisade/internal/attest"
+	"github.com/palisade-cc/palisade/internal/manifest"
 )
 
 // Version is the version of the configuration file format.
@@ -49,9 +51,13 @@ type Config struct {
 	// References is the reference values file (keyd's JSON manifest format,
 	// docs/keyd.md §References) keyd and nodes are attested against.
 	References string `json:"references"`
-	// ManifestKey is the PEM public key that signs image manifests; kept
-	// for `verifier image` (not built yet), checked when set.
+	// ManifestKey is the PEM public key file that signs image manifests
+	// (`verifier image`).
 	ManifestKey string `json:"manifest_key,omitempty"`
+	// RekorKey is the PEM public key file of the Rekor transparency log
+	// image manifests are recorded in: `verifier image` checks a manifest's
+	// inclusion proof against it, offline (docs/images.md §Rekor).
+	RekorKey string `json:"rekor_key,omitempty"`
 	// LogKey is keyd's checkpoint verifier key in note form
 	// ("name+hash+base64"); its name is the log's origin.
 	LogKey string `json:"log_key"`
@@ -114,6 +120,11 @@ func (c *Config) Validate() error {
 	}
 	if c.Secret == "" {
 		return errors.New("config.secret: empty, want a file path")
+	}
+	// A log proof binds a manifest key: a pinned log without a pinned
+	// manifest key would check nothing a verification could use.
+	if c.RekorKey != "" && c.ManifestKey == "" {
+		return errors.New("config.rekor_key: set without config.manifest_key, want both (the manifest signing key and the Rekor log's key) or neither")
 	}
 	if c.AttestPort < 0 || c.AttestPort > 65535 {
 		return fmt.Errorf("config.attest_port: %d, want 0-65535", c.AttestPort)
@@ -235,4 +246,29 @@ func WriteExclusive(path string, b []byte) error {
 		return err
 	}
 	return f.Close()
+}
+
+// ReadManifestKey reads config.manifest_key, the image manifest signing key.
+func (c *Config) ReadManifestKey() (crypto.PublicKey, error) {
+	return c.readPublicKey("manifest_key", c.ManifestKey)
+}
+
+// ReadRekorKey reads config.rekor_key, the Rekor log's pinned key.
+func (c *Config) ReadRekorKey() (crypto.PublicKey, error) {
+	return c.readPublicKey("rekor_key", c.RekorKey)
+}
+
+func (c *Config) readPublicKey(field, p string) (crypto.PublicKey, error) {
+	if p == "" {
+		return nil, fmt.Errorf("config.%s: empty, want a PEM public key file", field)
+	}
+	b, err := readFile(c.Path(p))
+	if err != nil {
+		return nil, fmt.Errorf("config.%s: %w", field, err)
+	}
+	k, err := manifest.ParsePublicKey(b)
+	if err != nil {
+		return nil, fmt.Errorf("config.%s %s: %w", field, c.Path(p), err)
+	}
+	return k, nil
 }

@@ -2,8 +2,10 @@ package config
 
 import (
 	"crypto/ed25519"
+	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
+	"encoding/pem"
 	"os"
 	"path/filepath"
 	"strings"
@@ -40,6 +42,7 @@ func TestValidate(t *testing.T) {
 		{"config.owner_key", func(c *Config) { c.OwnerKey = "" }},
 		{"config.secret", func(c *Config) { c.Secret = "" }},
 		{"config.attest_port", func(c *Config) { c.AttestPort = 70000 }},
+		{"config.rekor_key", func(c *Config) { c.RekorKey = "rekor.pub.pem" }},
 		{"config.roots", func(c *Config) { c.Roots = Roots{} }},
 		{`config.roots.sev_snp["Naples"]`, func(c *Config) { c.Roots.SNP = map[string]SNPRoots{"Naples": {VCEKChain: "x"}} }},
 		{"config.roots.sev_snp_collateral_dir", func(c *Config) { c.Roots.SNPCollateralDir = "" }},
@@ -50,6 +53,32 @@ func TestValidate(t *testing.T) {
 		if err := c.Validate(); err == nil || !strings.Contains(err.Error(), tc.field) {
 			t.Errorf("%s: %v, want an error naming it", tc.field, err)
 		}
+	}
+}
+
+func TestReadImageKeys(t *testing.T) {
+	dir := t.TempDir()
+	c := validConfig(t)
+	c.dir = dir
+	if _, err := c.ReadRekorKey(); err == nil || !strings.Contains(err.Error(), "config.rekor_key: empty") {
+		t.Fatalf("unset rekor_key: %v", err)
+	}
+	c.ManifestKey, c.RekorKey = "m.pub.pem", "rekor.pub.pem"
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(dir, "rekor.pub.pem"), []byte("not pem"), 0o644)
+	if _, err := c.ReadRekorKey(); err == nil || !strings.Contains(err.Error(), "config.rekor_key "+filepath.Join(dir, "rekor.pub.pem")) {
+		t.Fatalf("bad rekor_key: %v", err)
+	}
+	if _, err := c.ReadManifestKey(); err == nil || !strings.Contains(err.Error(), "config.manifest_key") {
+		t.Fatalf("missing manifest_key file: %v", err)
+	}
+	pub, _, _ := ed25519.GenerateKey(nil)
+	der, _ := x509.MarshalPKIXPublicKey(pub)
+	os.WriteFile(filepath.Join(dir, "m.pub.pem"), pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}), 0o644)
+	if k, err := c.ReadManifestKey(); err != nil || !pub.Equal(k) {
+		t.Fatalf("manifest_key: %v", err)
 	}
 }
 

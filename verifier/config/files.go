@@ -40,6 +40,11 @@ var defaultTmpl = template.Must(template.New("").Parse(`// Palisade verifier con
   "references": "references.json",
   // keyd's checkpoint verifier key, printed by keyd at start (name+hash+key).
   "log_key": {{printf "%q" .LogKey}},
+  // Image manifests ("verifier image"): the PEM public key that signs them
+  // (images keygen's .pub.pem) and the Rekor transparency log's PEM public
+  // key they must be recorded under. Uncomment both to check images.
+  // "manifest_key": "manifest-key.pub.pem",
+  // "rekor_key": "rekor.pub.pem",
   // Created by "verifier init" (mode 0600); keep a copy offline.
   "owner_key": "owner.key",
   "secret": "owner-secret.json",
