@@ -246,3 +246,12 @@ func TestNodeBoundToHardware(t *testing.T) {
 		t.Fatalf("after re-enrolment: %v", err)
 	}
 }
+
+func inPeers(ps *api.PeerSet, id string) bool {
+	for i := range ps.Peers {
+		if ps.Peers[i].NodeID == id {
+			return true
+		}
+	}
+	return false
+}

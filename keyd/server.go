@@ -1,6 +1,7 @@
 package keyd
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -43,6 +44,7 @@ func (k *Keyd) Serve(ctx context.Context, ln net.Listener) error {
 	go k.watchPeers(ctx)
 	go k.summariseDenials(ctx)
 	rt := time.Duration(k.limits.RequestTimeout)
+	stopping := make(chan struct{})
 	srv := &http.Server{
 		Handler:           k.Handler(),
 		ReadHeaderTimeout: rt,
@@ -53,8 +55,15 @@ func (k *Keyd) Serve(ctx context.Context, ln net.Listener) error {
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
 			return context.WithValue(ctx, connKey{}, c)
 		},
+		BaseContext: func(net.Listener) context.Context {
+			return context.WithValue(context.Background(), stoppingKey{}, stopping)
+		},
 		ErrorLog: nil,
 	}
+	// Shutdown waits for in-flight requests; a long poll would hold it for
+	// up to api.MaxPeersWait, so polls are answered (with the current set)
+	// as soon as shutdown starts, and their clients simply poll again.
+	srv.RegisterOnShutdown(func() { close(stopping) })
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(al) }()
 	select {
@@ -233,6 +242,7 @@ func (k *Keyd) handlePeers(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), wait)
 	defer cancel()
+	stopping, _ := r.Context().Value(stoppingKey{}).(chan struct{}) // nil outside Serve: never ready
 	// A revoked node gets nothing more from the directory.
 	for {
 		changed := k.peersChanged()
@@ -241,8 +251,8 @@ func (k *Keyd) handlePeers(w http.ResponseWriter, r *http.Request) {
 			k.fail(w, r, p.claims.NodeID, err)
 			return
 		}
-		if p.claims.Role == attest.RoleNode && !inPeers(ps, p.claims.NodeID) {
-			k.fail(w, r, p.claims.NodeID, attest.Denyf(attest.ClassRevoked, "peers: node %q is not in the peer set", p.claims.NodeID))
+		if p.claims.Role == attest.RoleNode && !listedWithKey(ps, p.claims.NodeID, p.claims.WireGuardKey) {
+			k.fail(w, r, p.claims.NodeID, attest.Denyf(attest.ClassRevoked, "peers: node %q with this session's WireGuard key is not in the peer set", p.claims.NodeID))
 			return
 		}
 		if ps.Revision > since {
@@ -254,14 +264,23 @@ func (k *Keyd) handlePeers(w http.ResponseWriter, r *http.Request) {
 		case <-ctx.Done():
 			writeJSON(w, ps)
 			return
+		case <-stopping:
+			writeJSON(w, ps)
+			return
 		}
 	}
 }
 
-func inPeers(ps *api.PeerSet, id string) bool {
+// stoppingKey carries the channel Serve closes when shutdown starts.
+type stoppingKey struct{}
+
+// listedWithKey: the node is listed with the key its session claims. A session of
+// an earlier boot (whose key keyd has since replaced at a new admission)
+// gets no more of the directory.
+func listedWithKey(ps *api.PeerSet, id string, wg []byte) bool {
 	for i := range ps.Peers {
 		if ps.Peers[i].NodeID == id {
-			return true
+			return bytes.Equal(ps.Peers[i].WireGuardKey, wg)
 		}
 	}
 	return false
