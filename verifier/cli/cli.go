@@ -70,7 +70,7 @@ type command struct {
 }
 
 func commands() []*command {
-	return []*command{cmdConfig(), cmdInit(), cmdRecover(), cmdDiskRecoveryKey(), cmdRevoke(), cmdNode(), cmdCluster()}
+	return []*command{cmdConfig(), cmdInit(), cmdRecover(), cmdDiskRecoveryKey(), cmdRevoke(), cmdNode(), cmdCluster(), cmdImage()}
 }
 
 // Run runs the verifier with args (without the program name) and returns
