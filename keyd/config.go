@@ -46,9 +46,14 @@ type Config struct {
 	// ManifestKeys are PEM public keys (Ed25519 or ECDSA P-256) pinned to
 	// sign manifests; a key from the bundle is never used.
 	ManifestKeys []string `json:"manifest_keys"`
+	// ManifestLogKey is the PEM public key file of the Rekor transparency
+	// log manifests are recorded in: a manifest is accepted only with a
+	// log proof that verifies with it, offline (internal/manifest
+	// RekorVerifier, docs/images.md §Rekor).
+	ManifestLogKey string `json:"manifest_log_key,omitempty"`
 	// ManifestWithoutLogProof accepts a manifest without a verified
-	// transparency-log proof. Until the Rekor verifier exists this must be
-	// set for keyd to start; each such manifest is logged at error level.
+	// transparency-log proof: test clusters only, each such manifest is
+	// logged at error level. Exclusive with manifest_log_key.
 	ManifestWithoutLogProof bool `json:"manifest_without_log_proof,omitempty"`
 	// SealKeyFile, if set, holds 32 bytes (raw or 64 hex digits) that
 	// seal the master secret into the store, so keyd unlocks itself after
@@ -237,6 +242,9 @@ func (c *Config) Validate() error {
 		if p == "" {
 			return fmt.Errorf("config.manifest_keys[%d]: empty, want a file path", i)
 		}
+	}
+	if c.ManifestLogKey != "" && c.ManifestWithoutLogProof {
+		return errors.New("config.manifest_log_key: set together with manifest_without_log_proof, want one of them (the log key; the other is for test clusters)")
 	}
 	if err := c.Attester.Platform.Validate(); err != nil {
 		return fmt.Errorf("config.attester.platform: %w", err)

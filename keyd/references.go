@@ -34,8 +34,8 @@ type ManifestOptions struct {
 	// Log verifies the bundle's transparency-log proof.
 	Log manifest.LogVerifier
 	// AllowNoLogProof accepts a bundle without a verified log proof
-	// (config.manifest_without_log_proof). It exists only until the Rekor
-	// verifier lands, and every such acceptance is logged at error level.
+	// (config.manifest_without_log_proof, test clusters only); every such
+	// acceptance is logged at error level.
 	AllowNoLogProof bool
 	// Logger receives that warning; nil logs to stderr.
 	Logger *slog.Logger
@@ -125,6 +125,21 @@ func LoadManifestKeys(paths []string) ([]crypto.PublicKey, error) {
 		keys = append(keys, k)
 	}
 	return keys, nil
+}
+
+// LoadManifestLogVerifier reads config.manifest_log_key, the Rekor log's
+// pinned PEM public key, and returns the verifier of manifests' log proofs:
+// the logged entry must be the manifest's envelope signed by one of keys.
+func LoadManifestLogVerifier(path string, keys []crypto.PublicKey) (*manifest.RekorVerifier, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("config.manifest_log_key: %w", err)
+	}
+	k, err := manifest.ParsePublicKey(b)
+	if err != nil {
+		return nil, fmt.Errorf("config.manifest_log_key %s: %w", path, err)
+	}
+	return &manifest.RekorVerifier{LogKey: k, ManifestKeys: keys}, nil
 }
 
 // Lookup implements References.

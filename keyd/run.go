@@ -92,9 +92,17 @@ func Run(ctx context.Context, cfg *Config, logger *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	// No transparency-log verifier exists yet: without
-	// manifest_without_log_proof every manifest is refused, as it must be.
+	// A manifest needs a Rekor inclusion proof verified with the pinned
+	// log key (ARCHITECTURE §6); only a test cluster waives it.
 	manOpts := ManifestOptions{Keys: manKeys, AllowNoLogProof: cfg.ManifestWithoutLogProof, Logger: logger}
+	switch {
+	case cfg.ManifestLogKey != "":
+		if manOpts.Log, err = LoadManifestLogVerifier(cfg.ManifestLogKey, manKeys); err != nil {
+			return err
+		}
+	case !cfg.ManifestWithoutLogProof:
+		return errors.New("config.manifest_log_key: empty, want the Rekor log's PEM public key (manifest_without_log_proof only on test clusters)")
+	}
 	man, err := LoadSignedManifest(cfg.ManifestPath, manOpts)
 	if err != nil {
 		return fmt.Errorf("config.manifest_path: %w", err)
