@@ -84,6 +84,19 @@ func isNetErr(err error) bool {
 	return errors.As(err, &ne) || errors.As(err, &oe) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)
 }
 
+// StatusError is keyd's answer with a status other than 200, 403, 429 and
+// 503 (which are ErrDenied and ErrRetryLater): keyd received the request
+// and refused it.
+type StatusError struct {
+	Method, Path, Status string
+	Code                 int
+	Text                 string
+}
+
+func (e *StatusError) Error() string {
+	return fmt.Sprintf("%s %s: %s: %s", e.Method, e.Path, e.Status, e.Text)
+}
+
 // Close releases idle connections.
 func (c *Client) Close() { c.HTTP.CloseIdleConnections() }
 
@@ -132,7 +145,7 @@ func (c *Client) do(ctx context.Context, method, path string, q url.Values, in, 
 	default:
 		var e Error
 		_ = json.Unmarshal(b, &e)
-		return fmt.Errorf("%s %s: %s: %s", method, path, resp.Status, e.Error)
+		return &StatusError{Method: method, Path: path, Status: resp.Status, Code: resp.StatusCode, Text: e.Error}
 	}
 	if out == nil {
 		return nil

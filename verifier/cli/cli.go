@@ -12,10 +12,12 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/palisade-cc/palisade/internal/atls"
@@ -181,6 +183,17 @@ func cmdConfig() *command {
 			fs.StringVar(&logKey, "log-key", "", "keyd's checkpoint verifier key")
 		},
 		run: func(ctx context.Context, e *Env, fs *flag.FlagSet, args []string) error {
+			// Flags may follow "init" (as in the example): Go's flag
+			// package stops at the first argument, so parse the rest.
+			if len(args) > 0 && args[0] == "init" {
+				if err := fs.Parse(args[1:]); err != nil {
+					if errors.Is(err, flag.ErrHelp) {
+						return nil
+					}
+					return fail(ExitUsage, "%v", err)
+				}
+				args = append([]string{"init"}, fs.Args()...)
+			}
 			if err := nargs(fs, args, 1); err != nil {
 				return err
 			}
@@ -264,6 +277,30 @@ func keydClient(c *config.Config, addr string, e *Env) (*api.Client, error) {
 	return cl, err
 }
 
+// secretNotTaken says an init request's error proves keyd did not take
+// the secret: the handshake failed or was denied (nothing was sent), or
+// keyd answered with a refusal.
+func secretNotTaken(err error) bool {
+	var se *api.StatusError
+	return errors.Is(err, api.ErrDenied) || errors.Is(err, api.ErrRetryLater) || errors.Is(err, api.ErrLocked) ||
+		isDenial(err) || errors.As(err, &se)
+}
+
+// isDenial says err is a verification failure with a class (attest.ClassOf
+// names every other error "internal", so it cannot tell).
+func isDenial(err error) bool {
+	var d *attest.Error
+	return errors.As(err, &d)
+}
+
+// isNetErr: the connection failed or broke (after the handshake, so it is
+// not wrapped as api.ErrRetryLater).
+func isNetErr(err error) bool {
+	var oe *net.OpError
+	return errors.As(err, &oe) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.ECONNREFUSED)
+}
+
 // classify maps an error talking to keyd to its exit code: the local
 // verification of keyd failed (a class) → denied; network → unreachable.
 func classify(what string, err error) error {
@@ -272,10 +309,10 @@ func classify(what string, err error) error {
 		return err
 	}
 	switch {
-	case errors.Is(err, api.ErrRetryLater):
-		return &exitError{ExitUnreachable, fmt.Errorf("%s: unreachable: %w", what, err)}
-	case attest.ClassOf(err) != "" && !errors.Is(err, api.ErrDenied):
+	case isDenial(err) && !errors.Is(err, api.ErrDenied):
 		return &exitError{ExitDenied, fmt.Errorf("%s: attestation denied (%s): %w", what, attest.ClassOf(err), err)}
+	case errors.Is(err, api.ErrRetryLater), isNetErr(err):
+		return &exitError{ExitUnreachable, fmt.Errorf("%s: unreachable: %w", what, err)}
 	}
 	return fmt.Errorf("%s: %w", what, err)
 }
@@ -323,6 +360,14 @@ func cmdInit() *command {
 				defer cl.Close()
 				err = cl.Init(ctx, &api.InitRequest{ClusterID: c.ClusterID, MasterSecret: master,
 					Config: api.ClusterConfig{MeshIPv4: meshIPv4}, OwnerKey: pub})
+				if err != nil && !secretNotTaken(err) {
+					// keyd may hold the secret now: deleting the owner's
+					// copy could leave a cluster nobody can recover.
+					return fail(ExitUnreachable, "init %s: no answer after the master secret was sent (%v).\n"+
+						"keyd may be initialised: the owner's secret and key are KEPT in %s and %s.\n"+
+						"Check with 'verifier cluster %s'; only if keyd is not initialised, move both files away and run init again.",
+						args[0], err, secPath, keyPath, args[0])
+				}
 			}
 			if err != nil {
 				os.Remove(secPath)

@@ -40,7 +40,7 @@ func cmdNode() *command {
 			}
 			conn, err := atls.Dial(ctx, "tcp", args[0], cfg)
 			if err != nil {
-				if attest.ClassOf(err) != "" {
+				if isDenial(err) {
 					return fail(ExitDenied, "%s: attestation denied (%s): %v", args[0], attest.ClassOf(err), err)
 				}
 				return fail(ExitUnreachable, "%s: unreachable: %v", args[0], err)
