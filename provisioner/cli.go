@@ -47,7 +47,7 @@ Usage:
   provisioner images add|list …
 
 Client commands talk to the API: --server URL (default $PALISADE_PROVISIONER_SERVER
-or http://127.0.0.1:8081), token from --token-file FILE or $PALISADE_PROVISIONER_TOKEN.
+or http://127.0.0.1:8081), token from --token-file FILE, else the token itself in $PALISADE_PROVISIONER_TOKEN.
 Every command takes --help.
 `
 
@@ -76,7 +76,7 @@ func (c *CLI) commands() map[string]*command {
 		"machines report": {"MAC STATE [--detail TEXT]", "Record a state reported by the cluster: attested, joined or failed.", "provisioner machines report 52:54:00:12:34:56 joined --detail node-7", (*CLI).machinesReport, func(fs *flag.FlagSet) { fs.String("detail", "", "free text") }, 2, true},
 		"profiles list":   {"[--json]", "List profiles.", "provisioner profiles list", (*CLI).profilesList, func(fs *flag.FlagSet) { fs.Bool("json", false, "JSON output") }, 0, true},
 		"profiles show":   {"NAME", "Show a profile as JSON.", "provisioner profiles show worker", (*CLI).profilesShow, nil, 1, true},
-		"profiles set":    {"NAME --image F --platform P --role R [--image-arm64 F] [--keyd-hint H:P]… [--cluster ID] [--cmdline S]", "Create or replace a profile. Keyd hints and the cluster reach the node as DHCP option 224 (authoritative mode).", "provisioner profiles set worker --image palisade-uki.efi --platform tpm --role worker --keyd-hint 10.0.0.2:7443 --cluster prod", (*CLI).profilesSet, profileFlags, 1, true},
+		"profiles set":    {"NAME --image F --platform P --role R [--image-arm64 F] [--keyd-hint H:P]… [--cluster ID]", "Create or replace a profile. Keyd hints and the cluster reach the node as DHCP option 224 (authoritative mode).", "provisioner profiles set worker --image palisade-uki.efi --platform tpm --role worker --keyd-hint 10.0.0.2:7443 --cluster prod", (*CLI).profilesSet, profileFlags, 1, true},
 		"profiles delete": {"NAME", "Delete a profile no machine uses.", "provisioner profiles delete old", (*CLI).profilesDelete, nil, 1, true},
 		"images add": {"FILE [--name NAME]", "Copy an image into the images directory (checked by SHA-256).", "provisioner images add out/palisade-uki.efi", (*CLI).imagesAdd, func(fs *flag.FlagSet) {
 			fs.String("name", "", "name in the images directory (default: the file's base name)")
@@ -98,7 +98,6 @@ func profileFlags(fs *flag.FlagSet) {
 	fs.String("role", "worker", "control-plane or worker")
 	fs.Var(&multi{}, "keyd-hint", "keyd address host:port handed to the node (repeatable, at most 16)")
 	fs.String("cluster", "", "cluster ID handed to the node (1-64 of A-Za-z0-9._-)")
-	fs.String("cmdline", "", "kernel command-line extras")
 }
 
 // Run runs one command line.
@@ -133,7 +132,7 @@ func (c *CLI) Run(ctx context.Context, args []string) int {
 	}
 	if cmd.client {
 		fs.String("server", "", "API URL (default $PALISADE_PROVISIONER_SERVER or http://127.0.0.1:8081)")
-		fs.String("token-file", "", "file holding the API token (default $PALISADE_PROVISIONER_TOKEN)")
+		fs.String("token-file", "", "file holding the API token (without it: the token itself from $PALISADE_PROVISIONER_TOKEN)")
 	}
 	fs.Usage = func() {
 		fmt.Fprintf(c.Stderr, "Usage: provisioner %s %s\n\n%s\n\nExample:\n  %s\n\nFlags:\n", name, cmd.args, cmd.help, cmd.example)
@@ -448,7 +447,7 @@ func (c *CLI) profilesShow(ctx context.Context, fs *flag.FlagSet, args []string)
 func (c *CLI) profilesSet(ctx context.Context, fs *flag.FlagSet, args []string) error {
 	p := inventory.Profile{
 		Name: args[0], Image: str(fs, "image"), ImageARM64: str(fs, "image-arm64"),
-		Platform: str(fs, "platform"), Role: str(fs, "role"), Cmdline: str(fs, "cmdline"),
+		Platform: str(fs, "platform"), Role: str(fs, "role"),
 		KeydHints: []string(*fs.Lookup("keyd-hint").Value.(*multi)),
 		Cluster:   str(fs, "cluster"),
 	}

@@ -86,8 +86,7 @@ const Template = `// Palisade provisioner configuration (docs/provisioner.md).
       "role": "worker",
       "keyd_hints": [],
       // "keyd_hints": ["10.20.0.2:7443", "10.20.0.3:7443"],
-      "cluster": "",
-      "cmdline": ""
+      "cluster": ""
     }
   ],
 

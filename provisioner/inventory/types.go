@@ -104,8 +104,9 @@ type Profile struct {
 	// (option 224, see HintText). Also only a hint: the node's join
 	// evidence binds the cluster ID it was built for (ARCHITECTURE §4.2).
 	Cluster string `json:"cluster,omitempty"`
-	// Cmdline holds kernel command-line extras for the node.
-	Cmdline string `json:"cmdline,omitempty"`
+	// No kernel command line: a UKI's cmdline is a section of the image,
+	// measured with it (PCR11/PCR9), and firmware passes none; anything a
+	// profile added could never reach the node.
 }
 
 // FieldError names the bad field of an input; the API turns it into a 400.
@@ -167,9 +168,6 @@ func (p *Profile) Validate() error {
 	}
 	if n := len(p.HintText()); n > MaxHintText {
 		return fieldErr("keyd_hints", "keyd_hints and cluster make %d bytes of DHCP option 224, at most %d are sent", n, MaxHintText)
-	}
-	if strings.ContainsAny(p.Cmdline, "\n\r\x00") || len(p.Cmdline) > 2048 {
-		return fieldErr("cmdline", "must be one line of at most 2048 bytes")
 	}
 	return nil
 }
