@@ -11,10 +11,11 @@ cd "$(dirname "$0")/.."
 # binutils (objcopy), cpio: the UKI layout and PCR11 cross-check tests.
 # cryptsetup-bin, e2fsprogs: attestd's state-disk tests run the real
 # cryptsetup (luksFormat, luksDump, config, isLuks) and mkfs.ext4 on image files.
+# mariadb-server: Trillian's storage under the Rekor stack (scripts/rekor.sh).
 pkgs=(gcc libssl-dev chromium etcd-server iproute2 strace systemd-boot-efi systemd binutils cpio cryptsetup-bin e2fsprogs)
 for tier in "$@"; do
 	case "$tier" in
-	unit) ;;
+	unit) pkgs+=(mariadb-server) ;;
 	image) pkgs+=(systemd-boot-efi systemd binutils kmod cpio dpkg apt) ;;
 	firmware) pkgs+=(build-essential uuid-dev acpica-tools nasm python3 python3-distutils dpkg-dev) ;;
 	bench) pkgs+=(kea-admin kea-dhcp4-server dnsmasq-base tftpd-hpa nginx wrk util-linux curl iperf3 wireguard-tools) ;;

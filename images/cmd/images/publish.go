@@ -189,20 +189,33 @@ func cmdPublish(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if err != nil {
 		return fmt.Errorf("--pub: %w", err)
 	}
-	raw, err := os.ReadFile(fs.Arg(0))
+	p := &publisher{URL: *rekor, LogKey: lk, ManifestKey: mk, ManifestKeyPEM: mkPEM, Wait: *wait, Progress: stderr}
+	dst := *out
+	if dst == "" {
+		dst = fs.Arg(0)
+	}
+	if err := p.publishFile(ctx, fs.Arg(0), dst); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "published %s with its log proof\n", dst)
+	return nil
+}
+
+// publishFile publishes the bundle at src and writes it with its proof to dst.
+func (p *publisher) publishFile(ctx context.Context, src, dst string) error {
+	raw, err := os.ReadFile(src)
 	if err != nil {
 		return err
 	}
 	// The bundle must already verify with the manifest key: publishing a
 	// manifest nobody can accept only pollutes the log.
-	if _, err := manifest.Verify(raw, manifest.Options{Keys: []crypto.PublicKey{mk}, AllowNoLogProof: true}); err != nil {
-		return fmt.Errorf("%s: %w", fs.Arg(0), err)
+	if _, err := manifest.Verify(raw, manifest.Options{Keys: []crypto.PublicKey{p.ManifestKey}, AllowNoLogProof: true}); err != nil {
+		return fmt.Errorf("%s: %w", src, err)
 	}
 	var b manifest.Bundle
 	if err := json.Unmarshal(raw, &b); err != nil {
-		return fmt.Errorf("%s: %w", fs.Arg(0), err)
+		return fmt.Errorf("%s: %w", src, err)
 	}
-	p := &publisher{URL: *rekor, LogKey: lk, ManifestKey: mk, ManifestKeyPEM: mkPEM, Wait: *wait, Progress: stderr}
 	nb, _, err := p.publish(ctx, &b)
 	if err != nil {
 		return err
@@ -211,15 +224,7 @@ func cmdPublish(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if err != nil {
 		return err
 	}
-	dst := *out
-	if dst == "" {
-		dst = fs.Arg(0)
-	}
-	if err := writeFileAtomic(dst, append(enc, '\n')); err != nil {
-		return err
-	}
-	fmt.Fprintf(stdout, "published %s with its log proof\n", dst)
-	return nil
+	return writeFileAtomic(dst, append(enc, '\n'))
 }
 
 // writeFileAtomic replaces dst only once the new content is complete.
