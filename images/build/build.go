@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"maps"
 	"os"
 	"os/exec"
 	"path"
@@ -48,7 +49,7 @@ var DefaultKernel = Kernel{
 
 // Options configure one build.
 type Options struct {
-	Profile string // api.ProfileProduction or api.ProfileDebug
+	Profile string // api.ProfileProduction, api.ProfileControlPlane or api.ProfileDebug
 	Version string // image version, into .osrel and the manifest
 	// Epoch is SOURCE_DATE_EPOCH: every mtime in the initramfs.
 	Epoch int64
@@ -88,7 +89,10 @@ const RootsDir = "/etc/palisade/roots"
 // production one (PCR9, PCR11, launch digests).
 var Cmdlines = map[string]string{
 	api.ProfileProduction: "console=ttyS0 panic=-1 rdinit=/init",
-	api.ProfileDebug:      "console=ttyS0 panic=-1 rdinit=/init palisade.debug=1",
+	// control-plane measures differently through its initrd (keyd, its
+	// init.json); the cmdline needs no marker of its own.
+	api.ProfileControlPlane: "console=ttyS0 panic=-1 rdinit=/init",
+	api.ProfileDebug:        "console=ttyS0 panic=-1 rdinit=/init palisade.debug=1",
 }
 
 // DebugTools are the u-root commands of the debug profile (pinned through
@@ -101,6 +105,12 @@ var DebugTools = []string{"gosh", "ls", "cat", "dmesg", "ip", "ps"}
 var Components = map[string]string{
 	"attestd": "./attestd/cmd/attestd",
 	"meshd":   "./meshd/cmd/meshd",
+}
+
+// ProfileComponents are the commands only some profiles carry: keyd is in
+// the control-plane image only (its "keyd node" stage).
+var ProfileComponents = map[string]map[string]string{
+	api.ProfileControlPlane: {"keyd": "./keyd/cmd/keyd"},
 }
 
 // Result lists what a build wrote.
@@ -118,8 +128,8 @@ func (o *Options) logf(format string, a ...any) {
 
 // Build runs every step and writes Out/<profile>/.
 func Build(ctx context.Context, o Options) (*Result, error) {
-	if o.Profile != api.ProfileProduction && o.Profile != api.ProfileDebug {
-		return nil, fmt.Errorf("profile %q: want production or debug", o.Profile)
+	if _, ok := Cmdlines[o.Profile]; !ok {
+		return nil, fmt.Errorf("profile %q: want %s, %s or %s", o.Profile, api.ProfileProduction, api.ProfileControlPlane, api.ProfileDebug)
 	}
 	if o.Kernel.Package == "" {
 		o.Kernel = DefaultKernel
@@ -161,7 +171,7 @@ func Build(ctx context.Context, o Options) (*Result, error) {
 
 	o.logf("[3/6] go build init, components%s", map[bool]string{true: ", debug tools", false: ""}[o.Profile == api.ProfileDebug])
 	bins := map[string]string{"init": "./initramfs/cmd/init"}
-	for name, pkg := range Components {
+	for name, pkg := range profileComponents(o.Profile) {
 		if _, err := os.Stat(filepath.Join(o.Root, pkg)); err != nil {
 			o.logf("      %s: %s not in this tree; the image's init will report the stage missing", name, pkg)
 			continue
@@ -483,17 +493,26 @@ func goBuild(ctx context.Context, o Options, bins map[string]string, outDir stri
 	return nil
 }
 
+// profileComponents are Components plus the profile's own.
+func profileComponents(profile string) map[string]string {
+	out := maps.Clone(Components)
+	maps.Copy(out, ProfileComponents[profile])
+	return out
+}
+
 // presentStages keeps the stages whose command (/bin/<name>, several
 // stages may share one: attestd and attestd serve) this build contains,
 // saying which it drops. Every attestd stage gets
 // --manifest-without-log-proof when the build says so: serve verifies the
-// manifest again, as the join did.
+// manifest again, as the join did; so does the control-plane's keyd stage.
 func presentStages(o Options, stages []api.Stage, bins map[string]string) []api.Stage {
 	var out []api.Stage
 	for _, s := range stages {
 		bin := path.Base(s.Path)
 		if _, ok := bins[bin]; ok && s.Path == "/bin/"+bin {
-			if bin == "attestd" && o.ManifestWithoutLogProof {
+			// keyd node loads the same manifest, so it waives the log
+			// proof exactly when attestd does.
+			if (bin == "attestd" || bin == "keyd") && o.ManifestWithoutLogProof {
 				s.Args = append(slices.Clone(s.Args), "--manifest-without-log-proof")
 			}
 			out = append(out, s)

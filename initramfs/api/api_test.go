@@ -35,7 +35,15 @@ func TestConfigValidate(t *testing.T) {
 			}
 		})
 	}
-	for _, p := range []string{ProfileProduction, ProfileDebug} {
+	cp := Default(ProfileControlPlane)
+	if cp.Shell != "" || cp.Stages[0].Name != "keyd" || cp.Stages[0].Mode != ModeDaemon || cp.Stages[1].Name != "attestd" {
+		t.Errorf("control-plane stages %+v shell %q: want keyd (daemon) before attestd, no shell", cp.Stages, cp.Shell)
+	}
+	cp.Shell = "/bin/gosh"
+	if err := cp.Validate(); err == nil || !strings.HasPrefix(err.Error(), "shell") {
+		t.Errorf("control-plane with a shell: Validate = %v, want an error naming shell", err)
+	}
+	for _, p := range []string{ProfileProduction, ProfileDebug, ProfileControlPlane} {
 		b, err := json.Marshal(Default(p))
 		if err != nil {
 			t.Fatal(err)

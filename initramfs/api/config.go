@@ -23,7 +23,17 @@ const ConfigVersion = 1
 const (
 	ProfileProduction = "production"
 	ProfileDebug      = "debug"
+	// ProfileControlPlane is the production image plus keyd: the first
+	// node of a cluster runs keyd ("keyd node", a daemon stage before
+	// attestd) and joins it as a node itself (docs/keyd.md, "keyd on the
+	// first node"). Its initrd holds keyd and another init.json, so it
+	// measures unlike a node image and needs its own references.
+	ProfileControlPlane = "control-plane"
 )
+
+// KeydPort is where the control-plane image's keyd listens, and where the
+// node stages on that machine find it (127.0.0.1).
+const KeydPort = 7443
 
 // Stage modes.
 const (
@@ -101,13 +111,13 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("version: %d, want %d", c.Version, ConfigVersion)
 	}
 	switch c.Profile {
-	case ProfileProduction:
+	case ProfileProduction, ProfileControlPlane:
 		if c.Shell != "" {
 			return fmt.Errorf("shell: %q set in profile %q; a production image has no shell", c.Shell, c.Profile)
 		}
 	case ProfileDebug:
 	default:
-		return fmt.Errorf("profile: %q, want %q or %q", c.Profile, ProfileProduction, ProfileDebug)
+		return fmt.Errorf("profile: %q, want %q, %q or %q", c.Profile, ProfileProduction, ProfileControlPlane, ProfileDebug)
 	}
 	for i, m := range c.Modules {
 		if m == "" || strings.ContainsAny(m, "/ \t") {
@@ -208,8 +218,15 @@ func Default(profile string) *Config {
 		ManifestKey: "/etc/palisade/manifest.pub",
 		HintsPath:   "/run/palisade/hints.json",
 	}
-	if profile == ProfileDebug {
+	switch profile {
+	case ProfileDebug:
 		c.Shell = "/bin/gosh"
+	case ProfileControlPlane:
+		// keyd first, as a daemon: it must listen before attestd joins
+		// it at 127.0.0.1 (attestd retries while keyd is still locked,
+		// waiting for the owner's init). keyd derives its configuration
+		// at boot from the hints and the measured roots and key.
+		c.Stages = append([]Stage{{Name: "keyd", Path: "/bin/keyd", Args: []string{"node"}, Mode: ModeDaemon}}, c.Stages...)
 	}
 	return c
 }
