@@ -14,6 +14,7 @@ import (
 )
 
 const usage = `usage: keyd --config /etc/palisade/keyd.json
+       keyd node [flags]   (the control-plane image's stage; keyd node -h)
 
 keyd admits attested nodes over mutual aTLS, hands them disk keys, mesh
 addresses and the peer set, and logs every decision to a Merkle log.
@@ -39,6 +40,12 @@ flags:
 `
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "node" {
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		code := nodeMain(ctx, os.Args[2:])
+		stop()
+		os.Exit(code)
+	}
 	fs := flag.NewFlagSet("keyd", flag.ContinueOnError)
 	fs.Usage = func() { fmt.Fprint(fs.Output(), usage); fs.PrintDefaults() }
 	path := fs.String("config", "/etc/palisade/keyd.json", "configuration file (JSON)")
