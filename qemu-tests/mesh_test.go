@@ -4,14 +4,10 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
-	"errors"
 	"fmt"
-	"log/slog"
 	"maps"
 	"net"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -19,14 +15,7 @@ import (
 
 	"github.com/palisade-cc/palisade/internal/atls"
 	"github.com/palisade-cc/palisade/internal/attest"
-	"github.com/palisade-cc/palisade/internal/attest/snp"
-	"github.com/palisade-cc/palisade/internal/attest/snp/snptest"
-	"github.com/palisade-cc/palisade/internal/attest/tdx/tdxtest"
-	"github.com/palisade-cc/palisade/internal/roots"
-	"github.com/palisade-cc/palisade/keyd"
 	"github.com/palisade-cc/palisade/keyd/api"
-	"github.com/palisade-cc/palisade/keyd/auditlog"
-	"github.com/palisade-cc/palisade/keyd/store/bbolt"
 	"github.com/palisade-cc/palisade/qemu-tests/vm"
 )
 
@@ -43,137 +32,6 @@ type meshOwner struct {
 	key       ed25519.PrivateKey
 	keyd      *api.Client
 	verifiers map[attest.Platform]attest.Verifier
-}
-
-// newMeshRack is newRack whose owner key is kept, so the test can revoke a
-// node as the owner does (rack.startKeyd drops it after the init).
-func newMeshRack(t *testing.T, subnet string) (*rack, *meshOwner) {
-	t.Helper()
-	r := &rack{t: t, img: image(t), net: vm.NewNetwork(t, subnet), keydLog: &syncBuffer{}}
-	o := r.startOwnedKeyd()
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("keyd log:\n%s", tail(r.keydLog.String(), 60))
-			if r.provL != nil {
-				t.Logf("provisioner log:\n%s", tail(r.provL.String(), 30))
-			}
-		}
-	})
-	return r, o
-}
-
-// startOwnedKeyd is rack.startKeyd, returning the owner.
-func (r *rack) startOwnedKeyd() *meshOwner {
-	t, img := r.t, r.img
-	dir := t.TempDir()
-	writePEMs(t, filepath.Join(dir, "tpm-roots.pem"), img.CA.Root)
-	writePEMs(t, filepath.Join(dir, "tpm-intermediates.pem"), img.CA.Intermediate)
-	if err := img.Chain.WriteBundle(filepath.Join(dir, "kds"), snptest.BundleOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	writePEMs(t, filepath.Join(dir, "tdx-root.pem"), img.TDX.PKI.Root)
-	if err := os.Mkdir(filepath.Join(dir, "pcs"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := tdxtest.WriteDir(filepath.Join(dir, "pcs"), img.TDX.Bundle); err != nil {
-		t.Fatal(err)
-	}
-	rc := roots.Config{TPMRoots: "tpm-roots.pem", TPMIntermediates: "tpm-intermediates.pem",
-		SNP:              map[string]roots.SNP{"Milan": {VCEKChain: "kds/kdsintf.amd.com/vcek/v1/Milan/cert_chain"}},
-		SNPCollateralDir: "kds", TDXRoot: "tdx-root.pem", TDXCollateralDir: "pcs"}
-	vs, err := rc.Verifiers(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := &keyd.Config{Version: keyd.ConfigVersion, ClusterID: testCluster, NodeID: "keyd-0", Profile: img.KeydRef.Profile,
-		Listen: fmt.Sprintf("%s:%d", r.net.Gateway, keydPort), StatePath: filepath.Join(dir, "state.db"),
-		ManifestPath: img.Bundle, ManifestKeys: []string{img.PubPEM}, ManifestWithoutLogProof: true,
-		LogKeyFile: filepath.Join(dir, "log.key"), Attester: keyd.AttesterConfig{Platform: attest.PlatformSNP}, Roots: rc}
-	logger := slog.New(slog.NewTextHandler(r.keydLog, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	keys, err := keyd.LoadManifestKeys(cfg.ManifestKeys)
-	if err != nil {
-		t.Fatal(err)
-	}
-	man, err := keyd.LoadSignedManifest(img.Bundle, keyd.ManifestOptions{Keys: keys, AllowNoLogProof: true, Logger: logger})
-	if err != nil {
-		t.Fatal(err)
-	}
-	st, err := bbolt.Open(cfg.StatePath, bbolt.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	signer, _, err := auditlog.NewSigner("palisade-keyd/"+testCluster, ed25519.NewKeyFromSeed(make([]byte, ed25519.SeedSize)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	lg, err := auditlog.New(st, "palisade-keyd/"+testCluster, signer)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	k, err := keyd.New(ctx, cfg, keyd.Options{Store: st, Log: lg, References: man, Logger: logger,
-		Attester: &snp.Attester{Transport: &snptest.Transport{Chain: img.Chain}}, Verifiers: vs})
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	r.keyd = k
-	ln, err := r.net.Listen(cfg.Listen)
-	if err != nil {
-		cancel()
-		t.Fatalf("keyd listen in %s: %v", r.net.NS, err)
-	}
-	own, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	r.keydAddr = cfg.Listen
-	done := make(chan error, 2)
-	go func() { done <- k.Serve(ctx, ln) }()
-	go func() { done <- k.Serve(ctx, own) }()
-	t.Cleanup(func() {
-		cancel()
-		for range 2 {
-			err := <-done
-			switch {
-			case err == nil, errors.Is(err, context.Canceled):
-			case errors.Is(err, context.DeadlineExceeded):
-				// keyd's Shutdown waits 5 s for requests; a guest's
-				// long poll (attestd serve) holds one for up to its wait,
-				// and its VM is already gone. Not a failure of the mesh.
-				t.Logf("keyd Serve: shutdown with long polls still open: %v", err)
-			default:
-				t.Errorf("keyd Serve: %v", err)
-			}
-		}
-	})
-	o := &meshOwner{verifiers: vs}
-	_, o.key, _ = ed25519.GenerateKey(rand.Reader)
-	keydRef := img.KeydRef
-	o.keyd, err = api.NewClient(own.Addr().String(), &atls.Config{ClusterID: testCluster,
-		Claims:    attest.Claims{NodeID: "owner", Role: attest.RoleNode, Profile: "owner"},
-		Verifiers: map[attest.Platform]attest.Verifier{attest.PlatformSNP: vs[attest.PlatformSNP]},
-		Reference: func(_ context.Context, peer attest.Claims) (*attest.Reference, error) {
-			if peer.Role != attest.RoleKeyd || peer.Profile != keydRef.Profile {
-				return nil, fmt.Errorf("peer %s/%s is not keyd", peer.Role, peer.Profile)
-			}
-			return &keydRef, nil
-		}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(o.keyd.Close)
-	master := make([]byte, api.MasterSecretSize)
-	rand.Read(master)
-	ictx, icancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer icancel()
-	if err := o.keyd.Init(ictx, &api.InitRequest{ClusterID: testCluster, MasterSecret: master,
-		OwnerKey: o.key.Public().(ed25519.PublicKey), Config: api.ClusterConfig{MeshIPv4: "10.99.0.0/16"}}); err != nil {
-		t.Fatalf("owner init of keyd: %v", err)
-	}
-	return o
 }
 
 // revoke sends the owner-signed revocation of node, as `verifier revoke`.
@@ -220,7 +78,8 @@ func (r *rack) attestNode(o *meshOwner, addr string) (*atls.Conn, error) {
 // revokes one guest, and the other's console shows it removed within 5 s.
 func TestMesh(t *testing.T) {
 	vm.Require(t)
-	r, owner := newMeshRack(t, "10.79.0.0/24")
+	r := newRack(t, "10.79.0.0/24")
+	owner := r.owner
 	img := r.img
 	rules := []acceptRule{
 		{mac: "52:54:00:79:00:01", profile: "node", image: img.UKI},
