@@ -54,6 +54,10 @@ type Config struct {
 	// WireGuardKeyPath receives the node's fresh WireGuard private key,
 	// mode 0600, for meshd (default RunDir/wg.key).
 	WireGuardKeyPath string
+	// RekorKeyPath is the pinned Rekor log's PEM public key
+	// (PALISADE_REKOR_KEY): a manifest must then carry an inclusion proof
+	// of its dsse entry, verified offline (docs/images.md §Rekor).
+	RekorKeyPath string
 	// ManifestWithoutLogProof accepts a manifest without a verified
 	// transparency-log proof. Test images only; logged at error level.
 	ManifestWithoutLogProof bool
@@ -108,6 +112,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Deadline <= 0 || c.AttemptTimeout <= 0 || c.BackoffMin <= 0 {
 		return fmt.Errorf("config: deadline %s, attempt timeout %s, backoff-min %s: want > 0", c.Deadline, c.AttemptTimeout, c.BackoffMin)
+	}
+	if c.RekorKeyPath != "" && c.ManifestWithoutLogProof {
+		return fmt.Errorf("config: rekor-key and manifest-without-log-proof together: a pinned log must be used")
 	}
 	if c.WireGuardPort < 1 || c.WireGuardPort > 65535 {
 		return fmt.Errorf("config wireguard-port %d: want 1-65535", c.WireGuardPort)

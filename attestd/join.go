@@ -36,10 +36,24 @@ func fetchManifest(ctx context.Context, addr, cluster string, claims attest.Clai
 	return c.Manifest(ctx)
 }
 
-// verifyManifest checks the bundle against the pinned key; a missing
-// log proof is accepted only when the image's configuration says so.
-func verifyManifest(b []byte, key crypto.PublicKey, allowNoLog bool) (*manifest.Result, error) {
-	r, err := manifest.Verify(b, manifest.Options{Keys: []crypto.PublicKey{key}, AllowNoLogProof: allowNoLog})
+// pinnedManifest is what the image pins to judge a manifest: the signing
+// key and, when pinned, the Rekor log's key whose inclusion proof the
+// bundle must carry (ARCHITECTURE §6: verified offline).
+type pinnedManifest struct {
+	key        crypto.PublicKey
+	rekor      crypto.PublicKey // nil: no log key pinned
+	allowNoLog bool
+}
+
+// verifyManifest checks the bundle against the pinned key and, when a log
+// key is pinned, its Rekor proof; a missing log proof is accepted only
+// when the image's configuration says so (test images).
+func verifyManifest(b []byte, p *pinnedManifest) (*manifest.Result, error) {
+	o := manifest.Options{Keys: []crypto.PublicKey{p.key}, AllowNoLogProof: p.allowNoLog}
+	if p.rekor != nil {
+		o.Log = &manifest.RekorVerifier{LogKey: p.rekor, ManifestKeys: []crypto.PublicKey{p.key}}
+	}
+	r, err := manifest.Verify(b, o)
 	if err != nil {
 		return nil, fmt.Errorf("manifest: %w", err)
 	}

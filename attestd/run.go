@@ -2,7 +2,6 @@ package attestd
 
 import (
 	"context"
-	"crypto"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -200,7 +199,7 @@ func Run(ctx context.Context, cfg Config, deps Deps, log *slog.Logger) (*Admissi
 }
 
 func run(ctx context.Context, cfg Config, deps Deps, log *slog.Logger, hb []byte, herr error, st *reporter) (*Admission, error) {
-	key, verifiers, err := loadPinned(&cfg)
+	pinned, verifiers, err := loadPinned(&cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -255,7 +254,7 @@ func run(ctx context.Context, cfg Config, deps Deps, log *slog.Logger, hb []byte
 		}
 	}
 
-	j := &joiner{cfg: &cfg, deps: &deps, log: log, key: key, verifiers: verifiers, cluster: hints.Cluster,
+	j := &joiner{cfg: &cfg, deps: &deps, log: log, pinned: pinned, verifiers: verifiers, cluster: hints.Cluster,
 		hints: hints.Keyd, mach: mach, claims: claims}
 	adm, err := j.run(ctx)
 	if err != nil {
@@ -341,7 +340,7 @@ type joiner struct {
 	cfg       *Config
 	deps      *Deps
 	log       *slog.Logger
-	key       crypto.PublicKey
+	pinned    *pinnedManifest
 	verifiers map[attest.Platform]attest.Verifier
 	cluster   string
 	hints     []string
@@ -407,7 +406,7 @@ func (j *joiner) try(ctx context.Context, addr string) (*Admission, error) {
 		if err != nil {
 			return nil, fmt.Errorf("fetch manifest: %w", err)
 		}
-		res, err := verifyManifest(b, j.key, j.cfg.ManifestWithoutLogProof)
+		res, err := verifyManifest(b, j.pinned)
 		if err != nil {
 			j.log.Error("manifest from keyd refused", "keyd", addr, "err", err)
 			return nil, err

@@ -3,7 +3,6 @@ package attestd
 import (
 	"bytes"
 	"context"
-	"crypto"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -192,7 +191,7 @@ func Serve(ctx context.Context, cfg ServeConfig, deps Deps, log *slog.Logger) er
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
-	key, verifiers, err := loadPinned(&cfg.Config)
+	pinned, verifiers, err := loadPinned(&cfg.Config)
 	if err != nil {
 		return err
 	}
@@ -214,7 +213,7 @@ func Serve(ctx context.Context, cfg ServeConfig, deps Deps, log *slog.Logger) er
 	}
 	log.Info("platform", "platform", mach.Platform, "why", mach.Why)
 
-	up := &upstream{cfg: &cfg.Config, log: log, key: key, verifiers: verifiers, cluster: rec.Cluster,
+	up := &upstream{cfg: &cfg.Config, log: log, pinned: pinned, verifiers: verifiers, cluster: rec.Cluster,
 		claims: claims, mach: mach, addrs: keydAddrs(rec, cfg.HintsPath, log)}
 	defer up.close()
 	sock, err := listenUnix(cfg.Socket)
@@ -254,8 +253,9 @@ func Serve(ctx context.Context, cfg ServeConfig, deps Deps, log *slog.Logger) er
 	}
 }
 
-// loadPinned reads the manifest key and the pinned roots' verifiers.
-func loadPinned(cfg *Config) (crypto.PublicKey, map[attest.Platform]attest.Verifier, error) {
+// loadPinned reads the manifest key, the Rekor log key if one is pinned,
+// and the pinned roots' verifiers.
+func loadPinned(cfg *Config) (*pinnedManifest, map[attest.Platform]attest.Verifier, error) {
 	keyPEM, err := readSmall(cfg.ManifestKeyPath)
 	if err != nil {
 		return nil, nil, fmt.Errorf("manifest key: %w", err)
@@ -263,6 +263,16 @@ func loadPinned(cfg *Config) (crypto.PublicKey, map[attest.Platform]attest.Verif
 	key, err := manifest.ParsePublicKey(keyPEM)
 	if err != nil {
 		return nil, nil, fmt.Errorf("manifest key %s: %w", cfg.ManifestKeyPath, err)
+	}
+	man := &pinnedManifest{key: key, allowNoLog: cfg.ManifestWithoutLogProof}
+	if cfg.RekorKeyPath != "" {
+		b, err := readSmall(cfg.RekorKeyPath)
+		if err != nil {
+			return nil, nil, fmt.Errorf("rekor key: %w", err)
+		}
+		if man.rekor, err = manifest.ParsePublicKey(b); err != nil {
+			return nil, nil, fmt.Errorf("rekor key %s: %w", cfg.RekorKeyPath, err)
+		}
 	}
 	rc, err := LoadRoots(cfg.RootsPath)
 	if err != nil {
@@ -275,7 +285,7 @@ func loadPinned(cfg *Config) (crypto.PublicKey, map[attest.Platform]attest.Verif
 	if len(verifiers) == 0 {
 		return nil, nil, fmt.Errorf("roots %s: no platform pinned, so no keyd could ever be verified", cfg.RootsPath)
 	}
-	return key, verifiers, nil
+	return man, verifiers, nil
 }
 
 // keydAddrs are the keyd that admitted the node, then the other hints.
@@ -422,7 +432,7 @@ func proxyErr(w http.ResponseWriter, code int, msg string) {
 type upstream struct {
 	cfg       *Config
 	log       *slog.Logger
-	key       crypto.PublicKey
+	pinned    *pinnedManifest
 	verifiers map[attest.Platform]attest.Verifier
 	cluster   string
 	claims    attest.Claims
@@ -449,7 +459,7 @@ func (u *upstream) client(ctx context.Context, i int) (*api.Client, error) {
 		if err != nil {
 			return nil, fmt.Errorf("fetch manifest: %w", err)
 		}
-		res, err := verifyManifest(b, u.key, u.cfg.ManifestWithoutLogProof)
+		res, err := verifyManifest(b, u.pinned)
 		if err != nil {
 			u.log.Error("manifest from keyd refused", "keyd", addr, "err", err)
 			return nil, err

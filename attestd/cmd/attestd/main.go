@@ -82,6 +82,7 @@ func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
 func joinFlags(fs *flag.FlagSet, cfg *attestd.Config) {
 	fs.StringVar(&cfg.RootsPath, "roots", attestd.DefaultRootsPath, "pinned roots section (JSON); relative paths resolve against its directory")
 	fs.StringVar(&cfg.ManifestKeyPath, "manifest-key", os.Getenv("PALISADE_MANIFEST_KEY"), "PEM public key that signs manifests (default $PALISADE_MANIFEST_KEY)")
+	fs.StringVar(&cfg.RekorKeyPath, "rekor-key", os.Getenv("PALISADE_REKOR_KEY"), "PEM public key of the pinned Rekor log; manifests must carry its inclusion proof (default $PALISADE_REKOR_KEY)")
 	fs.StringVar(&cfg.HintsPath, "hints", os.Getenv("PALISADE_HINTS"), "untrusted hints file (default $PALISADE_HINTS)")
 	fs.StringVar(&cfg.TPMPath, "tpm", "", "TPM device (default: probe /dev/tpmrm0, /dev/tpm0)")
 	fs.StringVar(&cfg.CVMPortPath, "cvm-port", "", "emulated CVM port device (default: search virtio-ports)")
