@@ -2,7 +2,8 @@
 # Build Palisade's measured image reproducibly (docs/images.md).
 #   scripts/image.sh [production|debug]      outputs in out/image/<profile>/
 # Environment: SOURCE_DATE_EPOCH (default: the last commit's time),
-# MANIFEST_PUB (PEM public key compiled into the image), ROOTS (directory
+# MANIFEST_PUB (PEM public key compiled into the image), REKOR_KEY (the Rekor
+# log's PEM key compiled into the image), ROOTS (directory
 # with roots.json pinned into the image), MANIFEST_WITHOUT_LOG_PROOF=1, VERSION,
 # FIRMWARE (a directory from scripts/firmware.sh: SEV-SNP references are then
 # computed; `make image` builds or reuses it, FIRMWARE=0 skips it).
@@ -21,6 +22,7 @@ go build -trimpath -buildvcs=false -o out/image/images ./images/cmd/images
 args=(--profile "$profile" --version "${VERSION:-dev}" --out out/image --cache out/image/cache)
 [ -n "${MANIFEST_PUB:-}" ] && args+=(--manifest-key "$MANIFEST_PUB")
 [ -n "${ROOTS:-}" ] && args+=(--roots "$ROOTS")
+[ -n "${REKOR_KEY:-}" ] && args+=(--rekor-key "$REKOR_KEY")
 [ "${MANIFEST_WITHOUT_LOG_PROOF:-}" = 1 ] && args+=(--manifest-without-log-proof)
 if [ "${FIRMWARE:-}" = 1 ]; then
 	FIRMWARE=$(scripts/firmware.sh | tail -n 1)

@@ -59,6 +59,9 @@ type Options struct {
 	Out, Cache string
 	// ManifestKey is the PEM public key compiled into the image.
 	ManifestKey []byte
+	// RekorKey is the Rekor log's PEM public key compiled into the image
+	// (RekorKeyPath): attestd then requires the manifest's inclusion proof.
+	RekorKey []byte
 	Kernel      Kernel
 	Stub        string
 	Log         io.Writer
@@ -164,6 +167,12 @@ func Build(ctx context.Context, o Options) (*Result, error) {
 
 	a := cpio.New()
 	cfg := api.Default(o.Profile)
+	if len(o.RekorKey) > 0 {
+		if o.ManifestWithoutLogProof {
+			return nil, fmt.Errorf("rekor key and manifest-without-log-proof together: an image pins a log or is a test image, not both")
+		}
+		cfg.RekorKey = RekorKeyPath
+	}
 	o.logf("[2/6] modules %s", strings.Join(cfg.Modules, " "))
 	if err := addModules(ctx, o, kroot, work, cfg.Modules, a); err != nil {
 		return nil, err
@@ -199,6 +208,13 @@ func Build(ctx context.Context, o Options) (*Result, error) {
 	}
 	if err := a.File(strings.TrimPrefix(api.ConfigPath, "/"), 0o644, append(cb, '\n')); err != nil {
 		return nil, err
+	}
+	if len(o.RekorKey) > 0 {
+		if err := a.File(strings.TrimPrefix(RekorKeyPath, "/"), 0o644, o.RekorKey); err != nil {
+			return nil, err
+		}
+	} else {
+		o.logf("      no Rekor key given: the image accepts a manifest only if it was built with --manifest-without-log-proof")
 	}
 	if len(o.ManifestKey) > 0 {
 		if err := a.File(strings.TrimPrefix(cfg.ManifestKey, "/"), 0o644, o.ManifestKey); err != nil {
@@ -499,6 +515,9 @@ func profileComponents(profile string) map[string]string {
 	maps.Copy(out, ProfileComponents[profile])
 	return out
 }
+
+// RekorKeyPath is where an image keeps the pinned Rekor log key.
+const RekorKeyPath = "/etc/palisade/rekor.pub"
 
 // presentStages keeps the stages whose command (/bin/<name>, several
 // stages may share one: attestd and attestd serve) this build contains,

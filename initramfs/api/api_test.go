@@ -25,6 +25,7 @@ func TestConfigValidate(t *testing.T) {
 		{"timeout", func(c *Config) { c.Network.Timeout = 0 }, "network.timeout"},
 		{"retries", func(c *Config) { c.Network.Retries = 0 }, "network.retries"},
 		{"key", func(c *Config) { c.ManifestKey = "" }, "manifest_key"},
+		{"rekor key", func(c *Config) { c.RekorKey = "rekor.pub" }, "rekor_key"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := Default(ProfileProduction)

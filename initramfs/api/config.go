@@ -61,6 +61,10 @@ type Config struct {
 	// ManifestKey is the path of the pinned public key that verifies
 	// manifests (a PEM SubjectPublicKeyInfo); it is handed to the stages.
 	ManifestKey string `json:"manifest_key"`
+	// RekorKey is the path of the pinned Rekor log's public key, if the
+	// image pins one: the stages then require a manifest's inclusion proof
+	// (ARCHITECTURE §6).
+	RekorKey string `json:"rekor_key,omitempty"`
 	// HintsPath is where the merged, untrusted hints are written for the
 	// stages to read.
 	HintsPath string `json:"hints_path"`
@@ -153,6 +157,9 @@ func (c *Config) Validate() error {
 	}
 	if !path.IsAbs(c.ManifestKey) {
 		return fmt.Errorf("manifest_key: %q, want an absolute path", c.ManifestKey)
+	}
+	if c.RekorKey != "" && !path.IsAbs(c.RekorKey) {
+		return fmt.Errorf("rekor_key: %q, want an absolute path", c.RekorKey)
 	}
 	if !path.IsAbs(c.HintsPath) {
 		return fmt.Errorf("hints_path: %q, want an absolute path", c.HintsPath)

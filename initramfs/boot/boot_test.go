@@ -8,6 +8,7 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	"slices"
 	"strings"
 	"testing"
 
@@ -38,6 +39,7 @@ type fakeSys struct {
 	exit    map[string]error
 	modErr  error
 	netErr  error
+	env     map[string][]string
 }
 
 func (f *fakeSys) Mount(m Mount) error { f.calls = append(f.calls, "mount "+m.Target); return nil }
@@ -65,6 +67,10 @@ func (f *fakeSys) Stat(p string) error {
 }
 func (f *fakeSys) Start(ctx context.Context, s api.Stage, env []string) (Process, error) {
 	f.calls = append(f.calls, "start "+s.Name)
+	if f.env == nil {
+		f.env = map[string][]string{}
+	}
+	f.env[s.Name] = env
 	if err, ok := f.exit[s.Name]; ok || s.Mode == api.ModeOneshot {
 		return fakeProc{err: err}, nil
 	}
@@ -159,5 +165,22 @@ func TestRunModuleAndNetworkErrors(t *testing.T) {
 	f = &fakeSys{present: allPresent(c), dhcp: []byte("keyd=nonsense"), exit: map[string]error{"meshd": nil}}
 	if err := Run(context.Background(), quiet(), c, f); err == nil || !strings.Contains(err.Error(), "exited") {
 		t.Errorf("bad dhcp hint: %v", err)
+	}
+}
+
+// TestRunRekorKeyEnv: an image that pins a Rekor key hands its path to every
+// stage; one that does not, hands none.
+func TestRunRekorKeyEnv(t *testing.T) {
+	for _, key := range []string{"", "/etc/palisade/rekor.pub"} {
+		c := api.Default(api.ProfileProduction)
+		c.Modules, c.Network.Disabled, c.RekorKey = nil, true, key
+		f := &fakeSys{present: allPresent(c), exit: map[string]error{"meshd": errors.New("exit status 1")}}
+		_ = Run(context.Background(), quiet(), c, f)
+		for _, s := range c.Stages {
+			has := slices.Contains(f.env[s.Name], "PALISADE_REKOR_KEY="+key)
+			if has != (key != "") {
+				t.Errorf("rekor key %q: stage %s env %v", key, s.Name, f.env[s.Name])
+			}
+		}
 	}
 }

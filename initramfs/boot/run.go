@@ -144,6 +144,9 @@ func Run(ctx context.Context, log *slog.Logger, c *api.Config, sys System) error
 		"PALISADE_HINTS=" + c.HintsPath,
 		"PALISADE_MANIFEST_KEY=" + c.ManifestKey,
 	}
+	if c.RekorKey != "" {
+		env = append(env, "PALISADE_REKOR_KEY="+c.RekorKey)
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	type exit struct {

@@ -74,10 +74,11 @@ func cmdBuild(ctx context.Context, args []string) error {
 	product := fs.String("snp-product", "Milan", "AMD product line whose roots sign the sev-snp nodes' reports (Milan, Genoa, Turin)")
 	smt := fs.Bool("snp-smt", false, "sev-snp references accept a guest policy and platform with SMT enabled")
 	rootsDir := fs.String("roots", "", "directory with roots.json (internal/roots) and the files it names, pinned into the image for attestd to judge keyd")
+	rekorKey := fs.String("rekor-key", "", "the Rekor log's PEM public key compiled into the image: attestd requires the manifest's inclusion proof")
 	noLogProof := fs.Bool("manifest-without-log-proof", false, "attestd accepts a signed manifest without a transparency-log proof (until the log exists)")
 	boots := fs.String("tdx-boots", "", "JSON list of {shape, secure_boot, reference} recorded from TDX reference boots (rtmr[0], td_attributes, xfam, min_tee_tcb_svn); without it no tdx references")
 	fs.Usage = func() {
-		fmt.Fprintln(os.Stderr, "images build --profile production|debug [--version v] [--manifest-key pub.pem] [--roots DIR] [--manifest-without-log-proof] [--firmware DIR]\nexample: SOURCE_DATE_EPOCH=1700000000 images build --profile production --firmware \"$(scripts/firmware.sh | tail -n1)\"")
+		fmt.Fprintln(os.Stderr, "images build --profile production|debug [--version v] [--manifest-key pub.pem] [--rekor-key rekor.pub.pem | --manifest-without-log-proof] [--roots DIR] [--firmware DIR]\nexample: SOURCE_DATE_EPOCH=1700000000 images build --profile production --firmware \"$(scripts/firmware.sh | tail -n1)\"")
 		fs.PrintDefaults()
 	}
 	fs.Parse(args)
@@ -96,8 +97,15 @@ func cmdBuild(ctx context.Context, args []string) error {
 			return err
 		}
 	}
+	var rb []byte
+	if *rekorKey != "" {
+		var err error
+		if rb, err = os.ReadFile(*rekorKey); err != nil {
+			return err
+		}
+	}
 	opts := build.Options{Profile: *profile, Version: *version, Epoch: epoch, Root: *root,
-		Out: *out, Cache: *cache, ManifestKey: kb, Log: os.Stderr,
+		Out: *out, Cache: *cache, ManifestKey: kb, RekorKey: rb, Log: os.Stderr,
 		SNP:   attest.SNPReference{Product: *product, SMT: *smt},
 		Roots: *rootsDir, ManifestWithoutLogProof: *noLogProof}
 	if *fw != "" {
