@@ -131,7 +131,7 @@ func nodeMain(ctx context.Context, args []string) int {
 	fs.StringVar(&n.RootsPath, "roots", defaultRoots, "pinned roots (internal/roots JSON, in the image)")
 	fs.StringVar(&n.StateDir, "state-dir", defaultStateDir, "keyd's state, log key and fetched manifest (tmpfs)")
 	fs.StringVar(&n.ManifestName, "manifest-name", defaultManifest, "file fetched from the hints' status URL")
-	fs.StringVar(&n.ManifestLogKey, "manifest-log-key", "", "Rekor log's PEM public key")
+	fs.StringVar(&n.ManifestLogKey, "manifest-log-key", os.Getenv("PALISADE_REKOR_KEY"), "Rekor log's PEM public key (the image's, from the init)")
 	fs.BoolVar(&n.WithoutLogProof, "manifest-without-log-proof", false, "accept a manifest without a Rekor proof (test clusters)")
 	fs.StringVar(&n.Listen, "listen", ":"+strconv.Itoa(iapi.KeydPort), "aTLS listen address")
 	if err := fs.Parse(args); err != nil {
