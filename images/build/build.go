@@ -59,12 +59,15 @@ type Options struct {
 	Out, Cache string
 	// ManifestKey is the PEM public key compiled into the image.
 	ManifestKey []byte
+	// TPMFirmware are firmware profiles recorded from reference boots; the
+	// TPM references then pin their PCRs 0–3, 5–7 (tpmfirmware.go).
+	TPMFirmware []TPMFirmware
 	// RekorKey is the Rekor log's PEM public key compiled into the image
 	// (RekorKeyPath): attestd then requires the manifest's inclusion proof.
 	RekorKey []byte
-	Kernel      Kernel
-	Stub        string
-	Log         io.Writer
+	Kernel   Kernel
+	Stub     string
+	Log      io.Writer
 	// Firmware, when set, adds the SEV-SNP and TDX references of every
 	// shape in Shapes (nil: TPM references only).
 	Firmware *Firmware
@@ -267,17 +270,14 @@ func Build(ctx context.Context, o Options) (*Result, error) {
 
 	o.logf("[6/6] reference values")
 	res := &Result{Dir: dir, Files: map[string]string{}}
-	for _, sb := range []bool{false, true} {
-		v, err := measure.ComputeTPM(ub, sb)
-		if err != nil {
-			return nil, err
-		}
-		res.References = append(res.References, attest.Reference{
-			Profile:  TPMProfile(o.Profile, sb),
-			Platform: attest.PlatformTPM,
-			TPM:      &attest.TPMReference{PCRs: map[int]attest.HexBytes{4: v.PCR4, 9: v.PCR9, 11: v.PCR11}},
-		})
+	tpm, err := tpmReferences(ub, o.Profile, o.TPMFirmware)
+	if err != nil {
+		return nil, err
 	}
+	if len(o.TPMFirmware) == 0 {
+		o.logf("      tpm: no firmware profile (--tpm-firmware): PCR 0-3, 5-7 are not pinned, any firmware is accepted")
+	}
+	res.References = append(res.References, tpm...)
 	if o.Firmware != nil {
 		if err := checkDirectBoot(ub, files); err != nil {
 			return nil, err

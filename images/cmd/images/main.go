@@ -39,6 +39,8 @@ func main() {
 		err = cmdVerify(os.Args[2:], os.Stdout, os.Stderr)
 	case "publish":
 		err = cmdPublish(ctx, os.Args[2:], os.Stdout, os.Stderr)
+	case "firmware-profile":
+		err = cmdFirmwareProfile(os.Args[2:], os.Stdout)
 	default:
 		usage()
 	}
@@ -49,13 +51,15 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprint(os.Stderr, `usage: images build|keygen|sign|publish|verify [flags]
+	fmt.Fprint(os.Stderr, `usage: images build|keygen|sign|publish|verify|firmware-profile [flags]
 
   images build --profile production --out out/image
   images keygen --out out/image/manifest-key
   images sign --key out/image/manifest-key.pem --dir out/image/production --security-version 1 --out out/image/production/manifest.dsse
   images publish --rekor https://rekor.example --log-key rekor.pub.pem --pub out/image/manifest-key.pub.pem out/image/production/manifest.dsse
   images verify --pub out/image/manifest-key.pub.pem --log-key rekor.pub.pem --dir out/image/production --last-accepted 0 out/image/production/manifest.dsse
+  verifier node --json 10.0.0.7:7444 > ref-boot.json && images firmware-profile --name rack-a ref-boot.json > tpm-firmware.json
+  images build --profile production --tpm-firmware tpm-firmware.json
 
 Run "images <command> --help" for the flags.
 `)
@@ -76,6 +80,7 @@ func cmdBuild(ctx context.Context, args []string) error {
 	rootsDir := fs.String("roots", "", "directory with roots.json (internal/roots) and the files it names, pinned into the image for attestd to judge keyd")
 	rekorKey := fs.String("rekor-key", "", "the Rekor log's PEM public key compiled into the image: attestd requires the manifest's inclusion proof")
 	noLogProof := fs.Bool("manifest-without-log-proof", false, "attestd accepts a signed manifest without a transparency-log proof (until the log exists)")
+	tpmFW := fs.String("tpm-firmware", "", "JSON list of TPM firmware profiles (images firmware-profile): TPM references then pin PCR 0-3, 5-7 of each")
 	boots := fs.String("tdx-boots", "", "JSON list of {shape, secure_boot, reference} recorded from TDX reference boots (rtmr[0], td_attributes, xfam, min_tee_tcb_svn); without it no tdx references")
 	fs.Usage = func() {
 		fmt.Fprintln(os.Stderr, "images build --profile production|debug [--version v] [--manifest-key pub.pem] [--rekor-key rekor.pub.pem | --manifest-without-log-proof] [--roots DIR] [--firmware DIR]\nexample: SOURCE_DATE_EPOCH=1700000000 images build --profile production --firmware \"$(scripts/firmware.sh | tail -n1)\"")
@@ -108,6 +113,13 @@ func cmdBuild(ctx context.Context, args []string) error {
 		Out: *out, Cache: *cache, ManifestKey: kb, RekorKey: rb, Log: os.Stderr,
 		SNP:   attest.SNPReference{Product: *product, SMT: *smt},
 		Roots: *rootsDir, ManifestWithoutLogProof: *noLogProof}
+	if *tpmFW != "" {
+		f, err := build.LoadTPMFirmware(*tpmFW)
+		if err != nil {
+			return fmt.Errorf("--tpm-firmware: %w", err)
+		}
+		opts.TPMFirmware = f
+	}
 	if *fw != "" {
 		f, err := build.LoadFirmware(*fw)
 		if err != nil {
