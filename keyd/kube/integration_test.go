@@ -15,11 +15,13 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"fmt"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -122,9 +124,11 @@ func TestIntegration(t *testing.T) {
 		if err != nil || n != 1 {
 			t.Fatalf("Sweep after the join: deleted %d, %v; want the used token", n, err)
 		}
-		if _, err := tlsBootstrap(ctx, info, j.Token, "node-1"); err == nil {
-			t.Error("a used and swept token still authenticates")
-		}
+		// The API server's authenticator follows Secrets via an informer.
+		waitFor(ctx, t, "the used token to stop authenticating", func() bool {
+			_, err := tokenClient(t, info, j.Token).CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+			return isUnauthorized(err)
+		})
 	})
 
 	t.Run("control-plane certificate key", func(t *testing.T) {
@@ -440,17 +444,6 @@ func startCluster(ctx context.Context, t *testing.T, bin string) *cluster {
 		"--enable-bootstrap-token-auth=true",
 		"--profiling=false",
 	)
-	start(t, dir, filepath.Join(bin, "kube-controller-manager"),
-		"--kubeconfig="+filepath.Join(dir, "controller-manager.conf"),
-		"--authentication-kubeconfig="+filepath.Join(dir, "controller-manager.conf"),
-		"--authorization-kubeconfig="+filepath.Join(dir, "controller-manager.conf"),
-		"--controllers=bootstrapsigner,tokencleaner,csrapproving,csrsigning",
-		"--leader-elect=false",
-		"--bind-address=127.0.0.1", fmt.Sprintf("--secure-port=%d", freePort(t)),
-		"--cluster-signing-cert-file="+pki("ca.crt"), "--cluster-signing-key-file="+pki("ca.key"),
-		"--use-service-account-credentials=false",
-	)
-
 	rc, err := clientcmd.BuildConfigFromFlags("", filepath.Join(dir, "super-admin.conf"))
 	if err != nil {
 		t.Fatal(err)
@@ -467,6 +460,34 @@ func startCluster(ctx context.Context, t *testing.T, bin string) *cluster {
 		return err == nil && string(b) == "ok"
 	})
 	t.Logf("kube-apiserver ready in %v", time.Since(began).Round(time.Millisecond))
+
+	// After the API server is ready: the controller manager exits at start
+	// if RBAC's bootstrap roles are not there yet.
+	kcmPort := freePort(t)
+	start(t, dir, filepath.Join(bin, "kube-controller-manager"),
+		"--kubeconfig="+filepath.Join(dir, "controller-manager.conf"),
+		"--authentication-kubeconfig="+filepath.Join(dir, "controller-manager.conf"),
+		"--authorization-kubeconfig="+filepath.Join(dir, "controller-manager.conf"),
+		"--controllers=bootstrapsigner,tokencleaner,csrapproving,csrsigning",
+		"--leader-elect=false",
+		"--bind-address=127.0.0.1", fmt.Sprintf("--secure-port=%d", kcmPort),
+		"--cluster-signing-cert-file="+pki("ca.crt"), "--cluster-signing-key-file="+pki("ca.key"),
+		"--use-service-account-credentials=true",
+	)
+
+	insecure := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{
+		// Its self-signed serving certificate; only liveness is asked.
+		TLSClientConfig: &tls.Config{InsecureSkipVerify: true},
+	}}
+	waitFor(ctx, t, "kube-controller-manager /healthz", func() bool {
+		resp, err := insecure.Get(fmt.Sprintf("https://127.0.0.1:%d/healthz", kcmPort))
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	})
+	insecure.CloseIdleConnections()
 	return c
 }
 
