@@ -2,6 +2,7 @@ package config
 
 import (
 	"bytes"
+	"crypto"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -11,6 +12,7 @@ import (
 	"text/template"
 
 	"github.com/palisade-cc/palisade/internal/attest"
+	"github.com/palisade-cc/palisade/internal/manifest"
 )
 
 // StripComments removes whole lines whose first non-blank characters are
@@ -134,6 +136,9 @@ func (c *Config) ReadReferences() (*References, error) {
 	if err != nil {
 		return nil, fmt.Errorf("config.references: %w", err)
 	}
+	if isSignedManifest(b) {
+		return c.signedReferences(b)
+	}
 	r, err := ParseReferences(b)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", c.Path(c.References), err)
@@ -217,4 +222,44 @@ func (c *Config) SaveCheckpoint(msg []byte) error {
 		return err
 	}
 	return os.Rename(tmp.Name(), filepath.Join(c.dir, CheckpointName))
+}
+
+// isSignedManifest says b is a signed manifest bundle (internal/manifest:
+// {"dsse": …}) rather than a plain reference file.
+func isSignedManifest(b []byte) bool {
+	var probe struct {
+		DSSE json.RawMessage `json:"dsse"`
+	}
+	return json.Unmarshal(b, &probe) == nil && len(probe.DSSE) > 0
+}
+
+// signedReferences reads the references out of a signed manifest bundle,
+// the way keyd and nodes do: signed by config.manifest_key AND proven in
+// the Rekor log pinned by config.rekor_key, offline (ARCHITECTURE §6: a
+// manifest without a verified log proof is never accepted).
+func (c *Config) signedReferences(b []byte) (*References, error) {
+	key, err := c.ReadManifestKey()
+	if err != nil {
+		return nil, fmt.Errorf("config.references %s is a signed manifest: %w", c.Path(c.References), err)
+	}
+	rekor, err := c.ReadRekorKey()
+	if err != nil {
+		return nil, fmt.Errorf("config.references %s is a signed manifest, accepted only with its Rekor proof: %w", c.Path(c.References), err)
+	}
+	res, err := manifest.Verify(b, manifest.Options{Keys: []crypto.PublicKey{key},
+		Log: &manifest.RekorVerifier{LogKey: rekor, ManifestKeys: []crypto.PublicKey{key}}})
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", c.Path(c.References), err)
+	}
+	m := res.Manifest
+	r := &References{Format: 1, SecurityVersion: m.SecurityVersion}
+	for _, set := range []struct {
+		role attest.Role
+		refs []attest.Reference
+	}{{attest.RoleNode, m.References}, {attest.RoleKeyd, m.Keyd}} {
+		for i := range set.refs {
+			r.References = append(r.References, RoleReference{Role: set.role, Reference: &set.refs[i]})
+		}
+	}
+	return r, nil
 }
