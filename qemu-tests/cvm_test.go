@@ -33,6 +33,8 @@ type cvmCase struct {
 	name string
 	uki  string
 	mac  string
+	// vm, if set, edits the VM's configuration (disks, memory, time-out).
+	vm func(*vm.Config)
 }
 
 // bootCVM launches an emulated CVM of platform p on uki: the emulator
@@ -72,6 +74,9 @@ func bootCVM(t *testing.T, r *rack, p attest.Platform, c cvmCase) (*vm.VM, *cvm.
 			t.Fatal(err)
 		}
 	}
+	if c.vm != nil {
+		c.vm(&cfg)
+	}
 	v := vm.Start(t, cfg)
 	t.Cleanup(func() {
 		v.Stop()
@@ -97,8 +102,8 @@ func TestCVM(t *testing.T) {
 	}
 	other := tamperInitrd(t, img.UKI)
 	cases := map[attest.Platform][2]cvmCase{
-		attest.PlatformSNP: {{"snp", img.UKI, "52:54:00:78:00:01"}, {"snp-other-initrd", other, "52:54:00:78:00:02"}},
-		attest.PlatformTDX: {{"tdx", img.UKI, "52:54:00:78:00:03"}, {"tdx-other-initrd", other, "52:54:00:78:00:04"}},
+		attest.PlatformSNP: {{"snp", img.UKI, "52:54:00:78:00:01", nil}, {"snp-other-initrd", other, "52:54:00:78:00:02", nil}},
+		attest.PlatformTDX: {{"tdx", img.UKI, "52:54:00:78:00:03", nil}, {"tdx-other-initrd", other, "52:54:00:78:00:04", nil}},
 	}
 	var rules []acceptRule
 	for _, cs := range cases {

@@ -60,9 +60,15 @@ type rack struct {
 	mu       sync.Mutex
 	verified []attest.Verified
 	accept   []acceptRule
+	// files are served beside the images (name → path), reserve pins
+	// DHCP addresses (MAC → address): set before serve.
+	files   map[string]string
+	reserve map[string]string
 }
 
-type acceptRule struct{ mac, profile, image string }
+// acceptRule boots mac from image under profile; keyd overrides the
+// profile's keyd hint (default: the rack's keyd).
+type acceptRule struct{ mac, profile, image, keyd string }
 
 // platform is the provisioner profile's (informational) platform.
 func (a acceptRule) platform() string {
@@ -303,6 +309,19 @@ func (r *rack) serve(rules ...acceptRule) {
 	if err := os.WriteFile(tok, []byte(strings.Repeat("x", 32)+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	for name, p := range r.files {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(imgs, name), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var reservations []string
+	for mac, ip := range r.reserve {
+		reservations = append(reservations, fmt.Sprintf(`{"mac": %q, "ip": %q}`, mac, ip))
+	}
 	gw := r.net.Gateway.String()
 	var profiles, accepts []string
 	seen := map[string]bool{}
@@ -317,18 +336,22 @@ func (r *rack) serve(rules ...acceptRule) {
 			if err := os.WriteFile(filepath.Join(imgs, name), b, 0o644); err != nil {
 				t.Fatal(err)
 			}
+			hint := r.keydAddr
+			if a.keyd != "" {
+				hint = a.keyd
+			}
 			profiles = append(profiles, fmt.Sprintf(`{"name": %q, "image": %q, "platform": %q, "role": "worker", "keyd_hints": [%q], "cluster": %q}`,
-				a.profile, name, a.platform(), r.keydAddr, testCluster))
+				a.profile, name, a.platform(), hint, testCluster))
 		}
 		accepts = append(accepts, fmt.Sprintf(`{"name": %q, "mac_prefix": %q, "profile": %q}`, "m"+strings.ReplaceAll(a.mac, ":", ""), a.mac, a.profile))
 	}
 	cfg := fmt.Sprintf(`{"version": 1, "data_dir": %q,
   "api": {"listen": "%s:8081", "admin_token_file": %q},
   "dhcp": {"mode": "authoritative", "interfaces": [%q],
-    "subnets": [{"cidr": %q, "range_start": %q, "range_end": %q, "lease_time": "1h"}]},
+    "subnets": [{"cidr": %q, "range_start": %q, "range_end": %q, "lease_time": "1h", "reservations": [%s]}]},
   "tftp": {"listen": "%s:69"}, "http": {"listen": "%s:8080"},
   "accept": [%s], "profiles": [%s]}`, dir, gw, tok, r.net.Bridge, r.net.Prefix.String(),
-		r.net.Addr(100).String(), r.net.Addr(150).String(), gw, gw, strings.Join(accepts, ","), strings.Join(profiles, ","))
+		r.net.Addr(100).String(), r.net.Addr(150).String(), strings.Join(reservations, ","), gw, gw, strings.Join(accepts, ","), strings.Join(profiles, ","))
 	cf := filepath.Join(dir, "provisioner.json")
 	if err := os.WriteFile(cf, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
