@@ -3,17 +3,14 @@ package vm
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 )
 
-// LeftOvers lists what this test process started and did not clean up:
-// QEMU and swtpm processes that are its descendants, and its namespaces
-// (every namespace of NewNetwork is named after the test process). Taps
-// live inside those namespaces, so a deleted namespace leaves none.
-func LeftOvers() []string {
-	var out []string
-	self := os.Getpid()
+// descendants returns the process IDs below self, with their names.
+func descendants(self int) map[int]string {
 	procs, _ := filepath.Glob("/proc/[0-9]*/stat")
 	parent := map[int]int{}
 	comm := map[int]string{}
@@ -34,15 +31,50 @@ func LeftOvers() []string {
 		fmt.Sscanf(s[close+1:], " %s %d", &state, &ppid)
 		parent[pid], comm[pid] = ppid, s[open+1:close]
 	}
+	out := map[int]string{}
 	for pid, c := range comm {
-		if !strings.HasPrefix(c, "qemu-system") && c != "swtpm" && c != "ip" {
-			continue
-		}
 		for p, n := parent[pid], 0; p > 1 && n < 64; p, n = parent[p], n+1 {
 			if p == self {
-				out = append(out, fmt.Sprintf("process %d (%s)", pid, c))
+				out[pid] = c
 				break
 			}
+		}
+	}
+	return out
+}
+
+// Abort tears down what this process started when it is interrupted
+// (SIGINT, SIGTERM) and test cleanups will not run: it kills every
+// descendant process (QEMU in its own process group, swtpm, the
+// provisioner inside its namespace, a verifier) and deletes this
+// process's namespaces, with their bridges and taps. It returns what it
+// removed.
+func Abort() []string {
+	var out []string
+	for pid, c := range descendants(os.Getpid()) {
+		if syscall.Kill(pid, syscall.SIGKILL) == nil {
+			out = append(out, fmt.Sprintf("process %d (%s)", pid, c))
+		}
+	}
+	ns, _ := filepath.Glob(fmt.Sprintf("/run/netns/pq%d-*", os.Getpid()))
+	for _, n := range ns {
+		if exec.Command("ip", "netns", "del", filepath.Base(n)).Run() == nil {
+			out = append(out, "namespace "+filepath.Base(n))
+		}
+	}
+	return out
+}
+
+// LeftOvers lists what this test process started and did not clean up:
+// QEMU and swtpm processes that are its descendants, and its namespaces
+// (every namespace of NewNetwork is named after the test process). Taps
+// live inside those namespaces, so a deleted namespace leaves none.
+func LeftOvers() []string {
+	var out []string
+	self := os.Getpid()
+	for pid, c := range descendants(self) {
+		if strings.HasPrefix(c, "qemu-system") || c == "swtpm" || c == "ip" {
+			out = append(out, fmt.Sprintf("process %d (%s)", pid, c))
 		}
 	}
 	ns, _ := filepath.Glob(fmt.Sprintf("/run/netns/pq%d-*", self))
