@@ -197,7 +197,7 @@ func TestIntegration(t *testing.T) {
 		bad = *j
 		bad.Token = j.Token[:7] + strings.Repeat("0", 16)
 		if bad.Token == j.Token {
-			t.Skip("token secret was all zeros")
+			bad.Token = j.Token[:7] + strings.Repeat("1", 16)
 		}
 		if _, err := discover(&bad, 5*time.Second); err == nil {
 			t.Fatal("discovery accepted a forged token secret")
