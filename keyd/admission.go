@@ -180,6 +180,7 @@ func (k *Keyd) admit(ctx context.Context, p peerInfo) (*api.AdmitResponse, error
 	if resp.Checkpoint, err = k.checkpoints.covering(ctx, k.log, rec.LogIndex+1); err != nil {
 		return nil, attest.Deny(attest.ClassInternal, fmt.Errorf("checkpoint after admission: %w", err))
 	}
+	resp.Kube = k.kubeJoin(ctx, c.NodeID, p.verified.Profile)
 	return resp, nil
 }
 
@@ -359,8 +360,9 @@ func (k *Keyd) ownerRequest(ctx context.Context, req *api.OwnerRequest, allowed 
 		return err
 	}
 	var changedPeers bool
+	var revokedIDs []string
 	err := k.st.Update(ctx, func(tx store.Tx) error {
-		changedPeers = false
+		changedPeers, revokedIDs = false, nil
 		if _, err := tx.Get(bucketNonces, req.Nonce); err == nil {
 			return fmt.Errorf("%w: owner request.nonce %x already used (replay)", errConflict, req.Nonce)
 		} else if !errors.Is(err, store.ErrNotFound) {
@@ -407,11 +409,11 @@ func (k *Keyd) ownerRequest(ctx context.Context, req *api.OwnerRequest, allowed 
 					return err
 				}
 			}
-			n, err := k.revokeNodesAtOrBelow(tx, req.SecurityVersion)
+			ids, err := k.revokeNodesAtOrBelow(tx, req.SecurityVersion)
 			if err != nil {
 				return err
 			}
-			changedPeers = n > 0
+			revokedIDs, changedPeers = ids, len(ids) > 0
 		case api.ActionReenrolDisks:
 			rec.Attrs = event(eventReenrol, "nonce", hexs(req.Nonce))
 			if err := reenrol(tx, req.NodeID); err != nil {
@@ -436,13 +438,17 @@ func (k *Keyd) ownerRequest(ctx context.Context, req *api.OwnerRequest, allowed 
 		return err
 	}
 	k.logger.Info("owner request applied", "action", req.Action, "node", req.NodeID, "security_version", req.SecurityVersion)
+	if req.Action == api.ActionRevokeNode {
+		revokedIDs = []string{req.NodeID}
+	}
+	k.kubeRevoke(ctx, revokedIDs)
 	return nil
 }
 
 // revokeNodesAtOrBelow removes from the peer set every node admitted with
-// an image security version at or below v. Their registry entries stay for
+// an image security version at or below v, and returns their IDs. Their registry entries stay for
 // the audit trail; their next admission runs the current manifest.
-func (k *Keyd) revokeNodesAtOrBelow(tx store.Tx, v uint64) (int, error) {
+func (k *Keyd) revokeNodesAtOrBelow(tx store.Tx, v uint64) ([]string, error) {
 	var ids []string
 	err := tx.Scan(bucketNodes, nil, func(key, val []byte) error {
 		var n nodeRecord
@@ -455,34 +461,34 @@ func (k *Keyd) revokeNodesAtOrBelow(tx store.Tx, v uint64) (int, error) {
 		return nil
 	})
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
 	// Their entries stay in the registry, withdrawn from the peer set;
 	// a re-admission under a newer image brings them back.
 	for _, id := range ids {
 		var n nodeRecord
 		if _, err := getJSON(tx, bucketNodes, []byte(id), &n); err != nil {
-			return 0, err
+			return nil, err
 		}
 		n.Withdrawn = true
 		if err := putJSON(tx, bucketNodes, []byte(id), &n); err != nil {
-			return 0, err
+			return nil, err
 		}
 	}
 	if len(ids) > 0 {
 		cnt, err := getU64(tx, bucketPeers, keyPeerCount)
 		if err != nil {
-			return 0, err
+			return nil, err
 		}
 		n := uint64(len(ids))
 		if n > cnt {
 			n = cnt
 		}
 		if err := putU64(tx, bucketPeers, keyPeerCount, cnt-n); err != nil {
-			return 0, err
+			return nil, err
 		}
 	}
-	return len(ids), nil
+	return ids, nil
 }
 
 // reenrol forgets a node's recorded disks and hardware binding, so its next

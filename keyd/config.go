@@ -66,6 +66,9 @@ type Config struct {
 	// JoinFrom is an existing keyd (host:port) to get the master secret
 	// from by replica join when this keyd has none.
 	JoinFrom string `json:"join_from,omitempty"`
+	// Kube, when set, makes keyd issue kubeadm join material to admitted
+	// nodes (a keyd built with Kubernetes support: build tag kube).
+	Kube *KubeConfig `json:"kube,omitempty"`
 	// Attester says how this keyd attests itself.
 	Attester AttesterConfig `json:"attester"`
 	// Roots are the pinned trust anchors of the peers' platforms.
@@ -210,6 +213,11 @@ func (c *Config) Validate() error {
 	}
 	if !idRE.MatchString(c.NodeID) {
 		return fmt.Errorf("config.node_id %q: want 1-63 of [a-z0-9.-]", c.NodeID)
+	}
+	if c.Kube != nil {
+		if err := c.Kube.Validate(); err != nil {
+			return err
+		}
 	}
 	if !idRE.MatchString(c.Profile) {
 		return fmt.Errorf("config.profile %q: want 1-63 of [a-z0-9.-]", c.Profile)

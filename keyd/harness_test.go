@@ -74,6 +74,9 @@ type harnessOpts struct {
 	store   store.Store
 	logSeed []byte
 	sealKey []byte
+	// kube issues join material; kubeCfg is config.kube (nil: none).
+	kube    KubeIssuer
+	kubeCfg *KubeConfig
 	// keyd is keyd's own platform (nil: SEV-SNP from the harness chain).
 	keyd *platform
 	// nodes are platforms keyd admits nodes of besides SEV-SNP.
@@ -192,11 +195,13 @@ func newHarness(t testing.TB, o harnessOpts) *harness {
 			verifiers[p] = meteredVerifier{v, o.meterVerify}
 		}
 	}
+	cfg.Kube = o.kubeCfg
 	h.k, err = New(context.Background(), cfg, Options{
 		Store: st, Log: l, References: testManifest(t, o.secVersion, refs...),
 		Attester:  keydAtt,
 		Verifiers: verifiers,
 		SealKey:   o.sealKey,
+		Kube:      o.kube,
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -46,10 +46,13 @@ type Options struct {
 	Registerer prometheus.Registerer
 	// Now is the clock (nil: time.Now).
 	Now func() time.Time
+	// Kube issues kubeadm join material to admitted nodes (nil: none).
+	Kube KubeIssuer
 }
 
 // Keyd is one keyd replica.
 type Keyd struct {
+	kube   KubeIssuer
 	cfg    Config
 	limits Limits
 	st     store.Store
@@ -103,7 +106,7 @@ func New(ctx context.Context, cfg *Config, opts Options) (*Keyd, error) {
 	}
 	k := &Keyd{
 		cfg: *cfg, limits: cfg.Limits.withDefaults(), st: opts.Store, log: opts.Log,
-		logger: opts.Logger, now: opts.Now, sealKey: opts.SealKey,
+		logger: opts.Logger, now: opts.Now, sealKey: opts.SealKey, kube: opts.Kube,
 		prefix: MeshPrefix(cfg.ClusterID), notify: make(chan struct{}), denials: map[attest.Class]uint64{},
 	}
 	if k.logger == nil {

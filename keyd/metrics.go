@@ -13,6 +13,7 @@ type metrics struct {
 	peers        prometheus.Gauge
 	logSize      prometheus.Gauge
 	overload     *prometheus.CounterVec
+	kubeIssue    *prometheus.CounterVec
 }
 
 // Result label values of keyd_admissions_total.
@@ -42,8 +43,12 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "keyd_retry_later_total",
 			Help: "Requests and connections turned away with retry-later, by reason (rate, busy, locked).",
 		}, []string{"reason"}),
+		kubeIssue: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "keyd_kube_join_total",
+			Help: "kubeadm join material issued to admitted nodes, by result (ok, error: admitted without it).",
+		}, []string{"result"}),
 	}
-	for _, c := range []prometheus.Collector{m.admissions, m.verification, m.peers, m.logSize, m.overload} {
+	for _, c := range []prometheus.Collector{m.admissions, m.verification, m.peers, m.logSize, m.overload, m.kubeIssue} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -56,6 +61,8 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	for _, p := range attest.Platforms {
 		m.verification.WithLabelValues(string(p))
 	}
+	m.kubeIssue.WithLabelValues("ok")
+	m.kubeIssue.WithLabelValues("error")
 	for _, r := range []string{"rate", "busy", "locked"} {
 		m.overload.WithLabelValues(r)
 	}

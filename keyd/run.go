@@ -115,9 +115,18 @@ func Run(ctx context.Context, cfg *Config, logger *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	var kube KubeIssuer
+	if cfg.Kube != nil {
+		if NewKubeIssuer == nil {
+			return errors.New("config.kube: this keyd was built without Kubernetes support (go build -tags kube ./keyd/cmd/keyd)")
+		}
+		if kube, err = NewKubeIssuer(ctx, cfg.Kube, logger); err != nil {
+			return fmt.Errorf("config.kube: %w", err)
+		}
+	}
 	reg := prometheus.NewRegistry()
 	k, err := New(ctx, cfg, Options{Store: st, Log: lg, Attester: att, Verifiers: verifiers, References: man,
-		SealKey: sealKey, Logger: logger, Registerer: reg})
+		SealKey: sealKey, Logger: logger, Registerer: reg, Kube: kube})
 	if err != nil {
 		return err
 	}

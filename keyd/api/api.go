@@ -129,6 +129,9 @@ type AdmitResponse struct {
 	// Checkpoint a signed checkpoint (note format) that includes it.
 	LogIndex   uint64 `json:"log_index"`
 	Checkpoint []byte `json:"checkpoint"`
+	// Kube is the node's kubeadm join material, when keyd issues it (and
+	// the Kubernetes API answered): absent otherwise.
+	Kube *KubeJoin `json:"kube,omitempty"`
 }
 
 // ClusterConfig is what the owner sets once at init.
