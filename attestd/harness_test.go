@@ -118,6 +118,8 @@ type worldOpts struct {
 	// hints before keyd's own address.
 	hintsBefore []string
 	noInit      bool
+	// kube is keyd's join-material issuer (nil: none).
+	kube keyd.KubeIssuer
 }
 
 func newWorld(t *testing.T, o worldOpts) *world {
@@ -185,7 +187,7 @@ func newWorld(t *testing.T, o worldOpts) *world {
 		Attester: keyd.AttesterConfig{Platform: attest.PlatformSNP},
 		Roots:    keyd.RootsConfig{SNP: map[string]keyd.SNPRoots{"Milan": {VCEKChain: "unused"}}, SNPCollateralDir: "unused"}}
 	w.keyd, err = keyd.New(context.Background(), kcfg, keyd.Options{Store: st, Log: lg, References: refs,
-		Attester: &snp.Attester{Transport: &snptest.Transport{Chain: kc}}, Verifiers: verifiers})
+		Attester: &snp.Attester{Transport: &snptest.Transport{Chain: kc}}, Verifiers: verifiers, Kube: o.kube})
 	must(t, err)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	must(t, err)

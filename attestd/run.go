@@ -128,6 +128,8 @@ func (d *Deps) defaults() {
 type Admission struct {
 	Record
 	DiskKeys []api.DiskKey
+	// Kube is the node's kubeadm join material, if keyd issued it.
+	Kube *api.KubeJoin
 }
 
 // Wipe zeroes the disk keys and the owner's recovery keys in place.
@@ -162,6 +164,10 @@ type Record struct {
 	// `attestd serve` attests with the same ones.
 	Claims attest.Claims `json:"claims"`
 }
+
+// KubeJoinFile (in RunDir, mode 0600) holds the node's kubeadm join
+// material when keyd issued it (api.KubeJoin as JSON).
+const KubeJoinFile = "kube-join.json"
 
 // Run joins keyd: it reads the pinned state, detects the platform, gets and
 // verifies the manifest, picks the profile, and admits over aTLS, retrying
@@ -272,6 +278,20 @@ func run(ctx context.Context, cfg Config, deps Deps, log *slog.Logger, hb []byte
 	if err := writeFileAtomic(path, append(rb, '\n'), 0o600); err != nil {
 		adm.Wipe()
 		return nil, fmt.Errorf("admission record %s: %w", path, err)
+	}
+	if adm.Kube != nil {
+		// The bootstrap token is a secret for its minutes: 0600, and never
+		// in admission.json or on the console. An image that carries a
+		// kubelet turns it into kubeadm's JoinConfiguration
+		// (internal/kubeconf.JoinConfig); this image has none (docs/kubeadm.md).
+		kb, err := json.Marshal(adm.Kube)
+		if err == nil {
+			err = writeFileAtomic(filepath.Join(cfg.RunDir, KubeJoinFile), append(kb, '\n'), 0o600)
+		}
+		if err != nil {
+			adm.Wipe()
+			return nil, fmt.Errorf("kubeadm join material: %w", err)
+		}
 	}
 	fmt.Fprintf(deps.Console, "attestd: admitted node=%s profile=%s platform=%s keyd=%s log_index=%d\n",
 		adm.NodeID, adm.Profile, adm.Platform, adm.Keyd, adm.LogIndex)
@@ -442,7 +462,7 @@ func (j *joiner) try(ctx context.Context, addr string) (*Admission, error) {
 		wipeKeys(resp.DiskKeys)
 		return nil, fmt.Errorf("keyd admitted node %q, want %q", resp.NodeID, j.claims.NodeID)
 	}
-	return &Admission{DiskKeys: resp.DiskKeys, Record: Record{NodeID: resp.NodeID, Cluster: j.cluster, Profile: j.profile.Profile,
+	return &Admission{DiskKeys: resp.DiskKeys, Kube: resp.Kube, Record: Record{NodeID: resp.NodeID, Cluster: j.cluster, Profile: j.profile.Profile,
 		Platform: string(j.mach.Platform), Keyd: addr, MeshAddress: resp.MeshAddress, MeshIPv4: resp.MeshIPv4,
 		PeersRevision: resp.PeersRevision, LogIndex: resp.LogIndex, Checkpoint: string(resp.Checkpoint), Claims: j.claims}}, nil
 }
