@@ -10,7 +10,7 @@ all: build
 
 help:
 	@echo "make demo        boot a small confidential rack in QEMU (see README)"
-	@echo "make test        every test tier: unit, fuzz (10 s each), VM"
+	@echo "make test        every test tier: unit (with real Rekor and Kubernetes servers), fuzz (5 s each), VM"
 	@echo "make test-unit   unit and integration tests only"
 	@echo "make test-vm     VM tier (QEMU under TCG)"
 	@echo "make fuzz        every fuzz target for FUZZTIME (default 60s)"
@@ -33,8 +33,13 @@ build: deps
 
 test: deps
 	@echo "== vet"; $(GO) vet ./...
-	@echo "== unit tier"; $(MAKE) --no-print-directory test-unit
-	@echo "== fuzz tier (10 s per target)"; scripts/fuzz.sh 10s
+	@echo "== real servers for the integration tests (built once, cached in out/tools/bin)"
+	@start=$$(date +%s); scripts/rekor.sh >/dev/null && echo "rekor stack ready in $$(( $$(date +%s) - start )) s"
+	@start=$$(date +%s); scripts/k8s.sh >/dev/null && echo "kube-apiserver, kube-controller-manager, etcd ready in $$(( $$(date +%s) - start )) s"
+	@echo "== vet of keyd with Kubernetes support (-tags kube)"; $(GO) vet -tags kube ./keyd/cmd/keyd
+	@echo "== unit tier (with the Rekor stack and the Kubernetes servers)"
+	@PALISADE_REKOR_BIN=$(CURDIR)/out/tools/bin PALISADE_K8S_BIN=$(CURDIR)/out/tools/bin $(MAKE) --no-print-directory test-unit
+	@echo "== fuzz tier (5 s per target; make fuzz runs longer)"; scripts/fuzz.sh 5s
 	@echo "== VM tier"; $(MAKE) --no-print-directory test-vm
 
 test-unit: deps
