@@ -9,6 +9,8 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
+	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -248,7 +250,7 @@ func TestDemo(t *testing.T) {
 	step := func(format string, a ...any) {
 		t.Logf("demo %6.1fs: %s", time.Since(began).Seconds(), fmt.Sprintf(format, a...))
 	}
-	step("building the node and control-plane images (reused when unchanged)")
+	step("building the node and control-plane images (about a minute: fresh test keys each run; kernel, packages and firmware are cached)")
 	d := demoImage(t)
 	img := &d.node
 	r := &rack{t: t, img: img, net: vm.NewNetwork(t, "10.80.0.0/24"), keydLog: &syncBuffer{}}
@@ -268,6 +270,10 @@ func TestDemo(t *testing.T) {
 	r.serve(acceptRule{mac: cpMAC, profile: "control-plane", image: d.ControlPlane, keyd: fmt.Sprintf("127.0.0.1:%d", api.KeydPort)},
 		acceptRule{mac: nodeMAC, profile: "snp-node", image: img.UKI})
 	step("provisioner serving on %s (DHCP, TFTP, HTTP boot, the signed manifest)", r.net.Gateway)
+	if ui := os.Getenv("PALISADE_DEMO_UI"); ui != "" {
+		addr := r.forward(t, ui, fmt.Sprintf("%s:8081", r.net.Gateway))
+		step("provisioner web UI: http://%s/ (token %s) while the demo runs", addr, strings.Repeat("x", 32))
+	}
 
 	step("booting the first node (control-plane image, TPM, UEFI HTTP boot)")
 	cp := vm.Start(t, vm.Config{Name: "demo-cp", TPM: vm.NewSWTPM(t, img.CA), Net: r.net, MAC: cpMAC,
@@ -345,4 +351,40 @@ func TestDemo(t *testing.T) {
 			t.Logf("boot timeline (%s):\n%s", v.Name, rec)
 		}
 	}
+}
+
+// forward listens on listen in the test's own network namespace (the
+// host's loopback) and relays each connection to target inside the rack's
+// namespace: the provisioner's web UI for a browser on the host. Only the
+// dial runs on the namespace's thread; the relay is ordinary goroutines.
+func (r *rack) forward(t *testing.T, listen, target string) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", listen)
+	if err != nil {
+		t.Fatalf("forward %s: %v", listen, err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				var up net.Conn
+				if err := r.net.Do(func() error {
+					var err error
+					up, err = net.DialTimeout("tcp", target, 5*time.Second)
+					return err
+				}); err != nil {
+					return
+				}
+				defer up.Close()
+				go func() { io.Copy(up, c); up.Close() }()
+				io.Copy(c, up)
+			}()
+		}
+	}()
+	return ln.Addr().String()
 }
