@@ -6,13 +6,14 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/palisade-cc/palisade/internal/netns"
 )
 
 // Network is a network namespace created for one test, with a bridge that
@@ -104,33 +105,7 @@ func (n *Network) Command(name string, args ...string) *exec.Cmd {
 
 // Do runs fn on an OS thread switched into the namespace, so sockets fn
 // opens live there; the thread is switched back (or retired) afterwards.
-func (n *Network) Do(fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer unix.Close(orig)
-		if err := unix.Setns(n.fd, unix.CLONE_NEWNET); err != nil {
-			errc <- fmt.Errorf("setns %s: %w", n.NS, err)
-			return
-		}
-		ferr := fn()
-		if err := unix.Setns(orig, unix.CLONE_NEWNET); err != nil {
-			// Leave the thread locked: the runtime retires it when
-			// this goroutine exits, so no other goroutine runs in
-			// the test's namespace by accident.
-			errc <- fmt.Errorf("setns back: %w", err)
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	return <-errc
-}
+func (n *Network) Do(fn func() error) error { return netns.Do(n.fd, fn) }
 
 // Listen opens a TCP listener inside the namespace.
 func (n *Network) Listen(addr string) (net.Listener, error) {

@@ -9,7 +9,6 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"encoding/pem"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -17,7 +16,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -25,6 +23,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/palisade-cc/palisade/internal/netns"
 )
 
 // BinEnv names the directory scripts/rekor.sh builds the stack into.
@@ -126,30 +126,7 @@ func (s *Stack) netns() error {
 // Do runs fn on an OS thread switched into the stack's namespace; sockets
 // fn opens live there. The thread goes back to the scheduler only once it
 // is back in its own namespace, otherwise it dies with the goroutine.
-func (s *Stack) Do(fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer unix.Close(orig)
-		if err := unix.Setns(s.nsfd, unix.CLONE_NEWNET); err != nil {
-			errc <- fmt.Errorf("setns %s: %w", s.ns, err)
-			return
-		}
-		ferr := fn()
-		if err := unix.Setns(orig, unix.CLONE_NEWNET); err != nil {
-			errc <- errors.Join(ferr, fmt.Errorf("setns back: %w", err))
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	return <-errc
-}
+func (s *Stack) Do(fn func() error) error { return netns.Do(s.nsfd, fn) }
 
 // spawn starts a process inside the namespace (ip netns exec execs it, so
 // the PID is the server's own) with its output in a log file.
