@@ -426,13 +426,7 @@ func (b *bench) converge(ifname string, npeers, changes int) error {
 // to the scheduler only if it made it back to its own namespace.
 func inNS(fd int, fn func() error) error { return netns.Do(fd, fn) }
 
-func nsFD(ns string) (int, error) {
-	fd, err := unix.Open("/run/netns/"+ns, unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return 0, fmt.Errorf("namespace %s: %w", ns, err)
-	}
-	return fd, nil
-}
+func nsFD(ns string) (int, error) { return netns.Open(ns) }
 
 func sh(args ...string) error {
 	if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
