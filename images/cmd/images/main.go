@@ -68,7 +68,7 @@ Run "images <command> --help" for the flags.
 
 func cmdBuild(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("build", flag.ExitOnError)
-	profile := fs.String("profile", "production", "production or debug")
+	profile := fs.String("profile", "production", "production, control-plane (production plus keyd, for the first control-plane node) or debug")
 	version := fs.String("version", "dev", "image version written into .osrel and the manifest")
 	out := fs.String("out", "out/image", "output directory")
 	cache := fs.String("cache", "out/image/cache", "download cache (kernel .deb)")
@@ -83,7 +83,7 @@ func cmdBuild(ctx context.Context, args []string) error {
 	tpmFW := fs.String("tpm-firmware", "", "JSON list of TPM firmware profiles (images firmware-profile): TPM references then pin PCR 0-3, 5-7 of each")
 	boots := fs.String("tdx-boots", "", "JSON list of {shape, secure_boot, reference} recorded from TDX reference boots (rtmr[0], td_attributes, xfam, min_tee_tcb_svn); without it no tdx references")
 	fs.Usage = func() {
-		fmt.Fprintln(os.Stderr, "images build --profile production|debug [--version v] [--manifest-key pub.pem] [--rekor-key rekor.pub.pem | --manifest-without-log-proof] [--roots DIR] [--firmware DIR]\nexample: SOURCE_DATE_EPOCH=1700000000 images build --profile production --firmware \"$(scripts/firmware.sh | tail -n1)\"")
+		fmt.Fprintln(os.Stderr, "images build --profile production|control-plane|debug [--version v] [--manifest-key pub.pem] [--rekor-key rekor.pub.pem | --manifest-without-log-proof] [--roots DIR] [--firmware DIR]\nexample: SOURCE_DATE_EPOCH=1700000000 images build --profile production --firmware \"$(scripts/firmware.sh | tail -n1)\"")
 		fs.PrintDefaults()
 	}
 	fs.Parse(args)
