@@ -3,16 +3,11 @@ package qemutests
 import (
 	"bytes"
 	"context"
-	"crypto/ed25519"
-	"crypto/rand"
-	"crypto/x509"
 	"encoding/json"
-	"encoding/pem"
 	"fmt"
 	"io"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -92,19 +87,11 @@ func buildDemo(t *testing.T) (*demoImages, error) {
 	if err := writeJSON(filepath.Join(d.RootsDir, "roots.json"), rc); err != nil {
 		return nil, err
 	}
-	pub, key, err := ed25519.GenerateKey(rand.Reader)
+	key, pubPEM, pubPath, err := newManifestKey(out)
 	if err != nil {
 		return nil, err
 	}
-	der, err := x509.MarshalPKIXPublicKey(pub)
-	if err != nil {
-		return nil, err
-	}
-	pubPEM := pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der})
-	img.PubPEM = filepath.Join(out, "manifest.pub.pem")
-	if err := os.WriteFile(img.PubPEM, pubPEM, 0o644); err != nil {
-		return nil, err
-	}
+	img.PubPEM = pubPath
 	fw := firmwareDir()
 	if fw == "" {
 		return nil, fmt.Errorf("the pinned AmdSev firmware is missing: run scripts/firmware.sh (make demo does)")
@@ -159,28 +146,6 @@ func buildDemo(t *testing.T) (*demoImages, error) {
 	return d, nil
 }
 
-var (
-	verifierOnce sync.Once
-	verifierPath string
-	verifierErr  error
-)
-
-// verifierBin builds the owner's verifier once per test binary.
-func verifierBin(t *testing.T) string {
-	t.Helper()
-	verifierOnce.Do(func() {
-		verifierPath = filepath.Join(outDir(), "bin", "verifier")
-		out, err := exec.Command("go", "build", "-o", verifierPath, "../verifier/cmd/verifier").CombinedOutput()
-		if err != nil {
-			verifierErr = fmt.Errorf("go build verifier: %v: %s", err, out)
-		}
-	})
-	if verifierErr != nil {
-		t.Fatal(verifierErr)
-	}
-	return verifierPath
-}
-
 // owner is the cluster owner's verifier configuration directory.
 func (d *demoImages) ownerConfig(t *testing.T, keyd, logKey string) string {
 	t.Helper()
@@ -217,7 +182,7 @@ func (d *demoImages) ownerConfig(t *testing.T, keyd, logKey string) string {
 // stderr first) and its stdout alone (the report).
 func (r *rack) verifier(t *testing.T, dir string, args ...string) (code int, out, stdout string) {
 	t.Helper()
-	cmd := r.net.Command(verifierBin(t), append([]string{args[0], "--config", dir}, args[1:]...)...)
+	cmd := r.net.Command(goBin(t, "verifier"), append([]string{args[0], "--config", dir}, args[1:]...)...)
 	var sout, serr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &sout, &serr
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)

@@ -128,19 +128,11 @@ func buildImage(t *testing.T) (*testImage, error) {
 		return nil, err
 	}
 
-	pub, key, err := ed25519.GenerateKey(rand.Reader)
+	key, pubPEM, pubPath, err := newManifestKey(out)
 	if err != nil {
 		return nil, err
 	}
-	der, err := x509.MarshalPKIXPublicKey(pub)
-	if err != nil {
-		return nil, err
-	}
-	pubPEM := pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der})
-	img.PubPEM = filepath.Join(out, "manifest.pub.pem")
-	if err := os.WriteFile(img.PubPEM, pubPEM, 0o644); err != nil {
-		return nil, err
-	}
+	img.PubPEM = pubPath
 
 	o := build.Options{Profile: api.ProfileProduction, Version: "vmtest", Epoch: 1700000000,
 		Root: "..", Out: filepath.Join(out, "image"), Cache: filepath.Join("..", "out", "image", "cache"),
@@ -256,3 +248,19 @@ func writeJSON(path string, v any) error {
 }
 
 var _ = vm.Require
+
+// newManifestKey makes this run's manifest signing key and writes its
+// public half (PEM), the key images compile in, to out/manifest.pub.pem.
+func newManifestKey(out string) (ed25519.PrivateKey, []byte, string, error) {
+	pub, key, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		return nil, nil, "", err
+	}
+	der, err := x509.MarshalPKIXPublicKey(pub)
+	if err != nil {
+		return nil, nil, "", err
+	}
+	pubPEM := pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der})
+	p := filepath.Join(out, "manifest.pub.pem")
+	return key, pubPEM, p, os.WriteFile(p, pubPEM, 0o644)
+}

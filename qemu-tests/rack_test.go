@@ -357,7 +357,7 @@ func (r *rack) serve(rules ...acceptRule) {
 		t.Fatal(err)
 	}
 	r.provL = &bytes.Buffer{}
-	r.prov = r.net.Command(provisionerBin(t), "serve", "--config", cf)
+	r.prov = r.net.Command(goBin(t, "provisioner"), "serve", "--config", cf)
 	r.prov.Stdout, r.prov.Stderr = r.provL, r.provL
 	if err := r.prov.Start(); err != nil {
 		t.Fatal(err)
@@ -387,25 +387,26 @@ func (r *rack) serve(rules ...acceptRule) {
 }
 
 var (
-	provOnce sync.Once
-	provPath string
-	provErr  error
+	binMu    sync.Mutex
+	binBuilt = map[string]string{}
 )
 
-// provisionerBin builds the provisioner once per test binary.
-func provisionerBin(t *testing.T) string {
+// goBin builds the project's command name (./<name>/cmd/<name>) once per
+// test binary into out/qemu-tests/bin: the provisioner the rack runs, the
+// owner's verifier.
+func goBin(t *testing.T, name string) string {
 	t.Helper()
-	provOnce.Do(func() {
-		provPath = filepath.Join(outDir(), "bin", "provisioner")
-		out, err := exec.Command("go", "build", "-o", provPath, "../provisioner/cmd/provisioner").CombinedOutput()
-		if err != nil {
-			provErr = fmt.Errorf("go build provisioner: %v: %s", err, out)
-		}
-	})
-	if provErr != nil {
-		t.Fatal(provErr)
+	binMu.Lock()
+	defer binMu.Unlock()
+	if p, ok := binBuilt[name]; ok {
+		return p
 	}
-	return provPath
+	p := filepath.Join(outDir(), "bin", name)
+	if out, err := exec.Command("go", "build", "-o", p, "../"+name+"/cmd/"+name).CombinedOutput(); err != nil {
+		t.Fatalf("go build %s: %v: %s", name, err, out)
+	}
+	binBuilt[name] = p
+	return p
 }
 
 // provisionerEvent is an inventory event as the provisioner's API returns it.
