@@ -211,7 +211,9 @@ type crashChild struct {
 func startCrashChild(t *testing.T, dir string) *crashChild {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^TestCrashChild$")
-	cmd.Env = append(os.Environ(), crashDirEnv+"="+dir)
+	// TMPDIR under the parent's own temporary directory: the child dies by
+	// SIGKILL, so its t.TempDir cleanups never run; the parent's remove it.
+	cmd.Env = append(os.Environ(), crashDirEnv+"="+dir, "TMPDIR="+dir)
 	cmd.Stderr = os.Stderr
 	out, err := cmd.StdoutPipe()
 	if err != nil {
