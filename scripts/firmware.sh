@@ -70,6 +70,7 @@ cd "$BUILD/edk2"
 rm -f Conf/BuildEnv.sh Conf/target.txt Conf/tools_def.txt Conf/build_rule.txt
 export PYTHON_COMMAND=/usr/bin/python3 LC_ALL=C TZ=UTC
 start=$(date +%s)
+echo "firmware: building edk2 $EDK2_VERSION from source, once (cached in $outdir): BaseTools…" >&2
 make -s -C BaseTools -j"$(nproc)" ARCH=X64 >"$BUILD/basetools.log" 2>&1 || { tail -30 "$BUILD/basetools.log" >&2; exit 1; }
 set +u
 # edksetup.sh reads the positional parameters it is sourced with: give it none.
@@ -83,9 +84,11 @@ set -u
 mkdir -p OvmfPkg/AmdSev/Grub
 : >OvmfPkg/AmdSev/Grub/grub.efi
 t0=$(date +%s)
+echo "firmware: OVMF AmdSev (SEV-SNP), about 2-4 min…" >&2
 build -q -a X64 -t GCC5 -b RELEASE -n "$(nproc)" -p OvmfPkg/AmdSev/AmdSevX64.dsc >"$BUILD/amdsev.log" 2>&1 || { tail -30 "$BUILD/amdsev.log" >&2; exit 1; }
 t1=$(date +%s)
 # A Debian patch breaks the TDX build without Secure Boot.
+echo "firmware: OVMF IntelTdx (TDX), about 2-4 min…" >&2
 build -q -a X64 -t GCC5 -b RELEASE -n "$(nproc)" -p OvmfPkg/IntelTdx/IntelTdxX64.dsc -D SECURE_BOOT_ENABLE=TRUE >"$BUILD/tdx.log" 2>&1 || { tail -30 "$BUILD/tdx.log" >&2; exit 1; }
 t2=$(date +%s)
 cd "$root"
