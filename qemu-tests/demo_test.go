@@ -237,7 +237,7 @@ func TestDemo(t *testing.T) {
 	step("provisioner serving on %s (DHCP, TFTP, HTTP boot, the signed manifest)", r.net.Gateway)
 	if ui := os.Getenv("PALISADE_DEMO_UI"); ui != "" {
 		addr := r.forward(t, ui, fmt.Sprintf("%s:8081", r.net.Gateway))
-		step("provisioner web UI: http://%s/ (token %s) while the demo runs", addr, strings.Repeat("x", 32))
+		step("provisioner web UI: http://%s/ (token %s) while the demo runs", addr, rackToken)
 	}
 
 	step("booting the first node (control-plane image, TPM, UEFI HTTP boot)")

@@ -6,6 +6,7 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/x509"
+	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
@@ -306,7 +307,7 @@ func (r *rack) serve(rules ...acceptRule) {
 		t.Fatal(err)
 	}
 	tok := filepath.Join(dir, "admin.token")
-	if err := os.WriteFile(tok, []byte(strings.Repeat("x", 32)+"\n"), 0o600); err != nil {
+	if err := os.WriteFile(tok, []byte(rackToken+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	for name, p := range r.files {
@@ -386,6 +387,16 @@ func (r *rack) serve(rules ...acceptRule) {
 	}
 }
 
+// rackToken is the provisioner's admin API token of this test binary:
+// random, since the demo forwards the web UI to a host loopback port.
+var rackToken = func() string {
+	b := make([]byte, 16)
+	if _, err := rand.Read(b); err != nil {
+		panic(err)
+	}
+	return hex.EncodeToString(b)
+}()
+
 var (
 	binMu    sync.Mutex
 	binBuilt = map[string]string{}
@@ -434,7 +445,7 @@ func (r *rack) events(t *testing.T, mac string) []provisionerEvent {
 	if err != nil {
 		t.Fatal(err)
 	}
-	req.Header.Set("Authorization", "Bearer "+strings.Repeat("x", 32))
+	req.Header.Set("Authorization", "Bearer "+rackToken)
 	resp, err := (&http.Client{Transport: tr, Timeout: 10 * time.Second}).Do(req)
 	if err != nil {
 		t.Fatal(err)
