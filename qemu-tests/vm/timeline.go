@@ -39,7 +39,9 @@ var phaseEnds = []struct {
 	{"init", true, regexp.MustCompile(`msg="stage start".*stage=attestd`)},
 	{"attest", true, regexp.MustCompile(`^attestd: (admitted|denied)`)},
 	{"unlock", true, regexp.MustCompile(`^attestd: disk: (unlocked|none)`)},
-	{"mesh", true, regexp.MustCompile(`^meshd: (up|mesh up)`)},
+	// The first WireGuard handshake with a peer: the mesh carries traffic
+	// (a node with no peer yet has no mesh phase).
+	{"mesh", true, regexp.MustCompile(`^meshd: peer \S+ handshake$`)},
 }
 
 // Timeline cuts the console into phases.

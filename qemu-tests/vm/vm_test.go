@@ -19,6 +19,10 @@ func TestTimeline(t *testing.T) {
 		{24 * s, "[    3.05] Run /init as init process"},
 		{26 * s, `time=x level=INFO msg="stage start" component=init stage=attestd path=/bin/attestd`},
 		{29 * s, "attestd: admitted node=n profile=p platform=tpm keyd=k log_index=0"},
+		{30 * s, "attestd: disk: none (diskless)"},
+		{31 * s, "meshd: running interface=palisade0 public_key=k addresses=[] port=51820"},
+		{32 * s, "meshd: peer n2 added revision=2 endpoint=10.0.0.3:51820 mesh=fd00::2"},
+		{33 * s, "meshd: peer n2 handshake"},
 	}
 	got := Timeline(lines)
 	var names []string
@@ -27,10 +31,10 @@ func TestTimeline(t *testing.T) {
 		names = append(names, p.Name)
 		sum += p.Duration
 	}
-	if d := cmp.Diff([]string{"firmware", "transfer", "kernel", "init", "attest"}, names); d != "" {
+	if d := cmp.Diff([]string{"firmware", "transfer", "kernel", "init", "attest", "unlock", "mesh"}, names); d != "" {
 		t.Fatalf("phases (-want +got):\n%s", d)
 	}
-	if got[0].Duration != 9*s || got[1].Duration != 12*s || got[4].Duration != 3*s || sum != 29*s {
+	if got[0].Duration != 9*s || got[1].Duration != 12*s || got[4].Duration != 3*s || got[6].Duration != 3*s || sum != 33*s {
 		t.Errorf("durations: %+v", got)
 	}
 	if got[1].Ours || !got[3].Ours || !got[4].Ours {
