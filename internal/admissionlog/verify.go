@@ -181,8 +181,10 @@ func ParseProof(b []byte) ([]tlog.Hash, error) {
 	}
 	p := make([]tlog.Hash, len(lines))
 	for i, l := range lines {
+		// The decoder skips '\r' and '\n' even in strict mode: compare
+		// the re-encoding so one proof has exactly one text.
 		h, err := base64.StdEncoding.Strict().DecodeString(l)
-		if err != nil || len(h) != tlog.HashSize {
+		if err != nil || len(h) != tlog.HashSize || base64.StdEncoding.EncodeToString(h) != l {
 			return nil, fmt.Errorf("%w: proof hash %d: want base64 of %d bytes", ErrMalformed, i, tlog.HashSize)
 		}
 		copy(p[i][:], h)

@@ -389,6 +389,7 @@ func TestParseProof(t *testing.T) {
 		"short hash": "AAAA\n",
 		"blank line": good + "\n",
 		"bad base64": strings.Replace(good, "=", "!", 1),
+		"carriage return": good[:16] + "\r" + good[16:],
 		"too long":   strings.Repeat(good[:45], MaxProofHashes+1),
 	} {
 		if _, err := ParseProof([]byte(bad)); !errors.Is(err, ErrMalformed) {
