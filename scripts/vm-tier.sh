@@ -13,7 +13,7 @@ scripts/deps.sh firmware
 start=$(date +%s)
 fw=$(realpath "$(scripts/firmware.sh | tail -n 1)")
 echo "VM tier: firmware ready in $(( $(date +%s) - start )) s: $fw"
-PALISADE_FIRMWARE="$fw" PALISADE_VM_TESTS=1 go test -json -count=1 -p 1 -timeout 30m ./qemu-tests/... | go run ./tools/testsum
+PALISADE_FIRMWARE="$fw" PALISADE_VM_TESTS=1 go test -json -count=1 -p 1 -timeout 40m ./qemu-tests/... | go run ./tools/testsum
 # The golden cross-checks against independent implementations need the
 # built firmware and the pinned kernel (in out/image/cache after the image
 # builds above): here they must run, never skip.
