@@ -30,6 +30,7 @@ import (
 	"github.com/palisade-cc/palisade/initramfs/api"
 	"github.com/palisade-cc/palisade/internal/attest"
 	"github.com/palisade-cc/palisade/internal/measure"
+	"github.com/palisade-cc/palisade/internal/modalias"
 	"github.com/u-root/u-root/pkg/kmodule"
 )
 
@@ -176,8 +177,8 @@ func Build(ctx context.Context, o Options) (*Result, error) {
 		}
 		cfg.RekorKey = RekorKeyPath
 	}
-	o.logf("[2/6] modules %s", strings.Join(cfg.Modules, " "))
-	if err := addModules(ctx, o, kroot, work, cfg.Modules, a); err != nil {
+	o.logf("[2/6] modules %s; if their device is present: %s", strings.Join(cfg.Modules, " "), strings.Join(cfg.DeviceModules, " "))
+	if err := addModules(ctx, o, kroot, work, cfg.Modules, cfg.DeviceModules, a); err != nil {
 		return nil, err
 	}
 
@@ -416,17 +417,19 @@ func checkKernelSignature(k []byte) error {
 	return nil
 }
 
-// addModules resolves names and their dependencies against the kernel
-// package's own tree, copies them into the initramfs and indexes them with
-// depmod -b so the init's kmodule finds them.
-func addModules(ctx context.Context, o Options, kroot, work string, names []string, a *cpio.Archive) error {
+// addModules resolves names and devNames (loaded at boot only if their
+// device is present) and their dependencies against the kernel package's
+// own tree, copies them into the initramfs and indexes them with depmod -b
+// so the init's kmodule finds them; every device module must have aliases
+// in the index, or the init could never match it.
+func addModules(ctx context.Context, o Options, kroot, work string, names, devNames []string, a *cpio.Archive) error {
 	rel := o.Kernel.Release
 	if err := run(ctx, "", nil, "depmod", "-b", kroot, rel); err != nil {
 		return err
 	}
 	need := map[string]bool{}
 	var mu sync.Mutex // kmodule probes dependencies in parallel
-	for _, n := range names {
+	for _, n := range slices.Concat(names, devNames) {
 		err := kmodule.ProbeOptions(n, "", kmodule.ProbeOpts{
 			RootDir: kroot, KVer: rel, IgnoreProcMods: true,
 			DryRunCB: func(p string) { mu.Lock(); need[p] = true; mu.Unlock() },
@@ -455,6 +458,9 @@ func addModules(ctx context.Context, o Options, kroot, work string, names []stri
 	if err := run(ctx, "", nil, "depmod", "-b", stage, rel); err != nil {
 		return err
 	}
+	if err := checkDeviceAliases(filepath.Join(stage, mdir, "modules.alias"), devNames); err != nil {
+		return fmt.Errorf("kernel %s: %w", rel, err)
+	}
 	return filepath.WalkDir(stage, func(p string, d fs.DirEntry, err error) error {
 		if err != nil || d.IsDir() {
 			return err
@@ -467,6 +473,28 @@ func addModules(ctx context.Context, o Options, kroot, work string, names []stri
 		o.logf("      %s", r)
 		return a.File(filepath.ToSlash(r), 0o644, b)
 	})
+}
+
+// checkDeviceAliases fails if a device module has no pattern in the
+// initramfs's modules.alias: the init matches devices against it only.
+func checkDeviceAliases(aliasFile string, devNames []string) error {
+	if len(devNames) == 0 {
+		return nil
+	}
+	b, err := os.ReadFile(aliasFile)
+	if err != nil {
+		return fmt.Errorf("device modules: %w", err)
+	}
+	aliases, err := modalias.Parse(b)
+	if err != nil {
+		return fmt.Errorf("device modules: %w", err)
+	}
+	for _, n := range devNames {
+		if len(aliases[modalias.Name(n)]) == 0 {
+			return fmt.Errorf("device module %s: no device aliases in modules.alias (the init could never load it)", n)
+		}
+	}
+	return nil
 }
 
 func copyFile(src, dst string) error {

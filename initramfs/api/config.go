@@ -50,8 +50,14 @@ type Config struct {
 	Profile string `json:"profile"`
 	// Modules are loaded in order, with their dependencies from the
 	// initramfs's modules.dep; modules built into the kernel are skipped.
-	Modules []string      `json:"modules"`
-	Network NetworkConfig `json:"network"`
+	Modules []string `json:"modules"`
+	// DeviceModules are drivers loaded, after Modules, only if a device
+	// present at boot matches one of their aliases (the initramfs's
+	// modules.alias against /sys/bus/*/devices/*/modalias), in this
+	// order: a physical server's NIC and disk controller. The others stay
+	// on the initramfs unused.
+	DeviceModules []string      `json:"device_modules,omitempty"`
+	Network       NetworkConfig `json:"network"`
 	// Stages run in order: attestd (the join), attestd serve, meshd, the
 	// workload.
 	Stages []Stage `json:"stages"`
@@ -126,6 +132,11 @@ func (c *Config) Validate() error {
 	for i, m := range c.Modules {
 		if m == "" || strings.ContainsAny(m, "/ \t") {
 			return fmt.Errorf("modules[%d]: %q is not a module name", i, m)
+		}
+	}
+	for i, m := range c.DeviceModules {
+		if m == "" || strings.ContainsAny(m, "/ \t") {
+			return fmt.Errorf("device_modules[%d]: %q is not a module name", i, m)
 		}
 	}
 	if !c.Network.Disabled {
@@ -210,8 +221,15 @@ func Default(profile string) *Config {
 		// metadata checksums (same reason: "Cannot load crc32c driver");
 		// dm-crypt, dm-integrity and ext4
 		// for the LUKS2 state disk (ARCHITECTURE §5); wireguard for meshd.
-		Modules: []string{"configfs", "virtio_pci", "virtio_net", "virtio_blk", "virtio_console", "virtio_rng", "sev_guest", "ecb", "xts", "aesni_intel", "dm_crypt", "dm_integrity", "crc32c_generic", "ext4", "wireguard", "tpm_crb", "tpm_tis"},
-		Network: NetworkConfig{Timeout: Duration(15 * time.Second), Retries: 3},
+		// sd_mod: disks behind ahci (or any SCSI host) appear only once it
+		// is loaded, and its alias matches no device present at boot.
+		Modules: []string{"configfs", "virtio_pci", "virtio_net", "virtio_blk", "virtio_console", "virtio_rng", "sev_guest", "ecb", "xts", "aesni_intel", "dm_crypt", "dm_integrity", "crc32c_generic", "ext4", "sd_mod", "wireguard", "tpm_crb", "tpm_tis"},
+		// A bare-metal server's NIC and disk controller: Intel 1/10/25/100G
+		// (e1000e, igb, igc, ixgbe, i40e, ice), NVIDIA/Mellanox ConnectX
+		// (mlx5_core), Broadcom (bnxt_en, tg3), Realtek (r8169), NVMe and
+		// AHCI (SATA). Each loads only on a machine that has its hardware.
+		DeviceModules: []string{"e1000e", "igb", "igc", "ixgbe", "i40e", "ice", "mlx5_core", "bnxt_en", "tg3", "r8169", "nvme", "ahci"},
+		Network:       NetworkConfig{Timeout: Duration(15 * time.Second), Retries: 3},
 		// attestd joins and exits; `attestd serve` then holds the node's
 		// attested session with keyd for meshd (a unix socket) and its
 		// attestation endpoint for the owner; meshd follows keyd's peer

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/insomniacslk/dhcp/dhcpv4"
@@ -19,6 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/palisade-cc/palisade/initramfs/api"
+	"github.com/palisade-cc/palisade/internal/modalias"
 )
 
 // Linux is the System of a real boot: PID 1 in the initramfs.
@@ -52,6 +54,42 @@ func (l *Linux) LoadModule(name string) error {
 		return fmt.Errorf("%w: %w", ErrNoDevice, err)
 	}
 	return err
+}
+
+// Modaliases reads /sys/bus/*/devices/*/modalias. A device without one
+// (no driver could match it) is left out.
+func (l *Linux) Modaliases() ([]string, error) {
+	files, err := filepath.Glob(filepath.Join(l.Root, "/sys/bus/*/devices/*/modalias"))
+	if err != nil {
+		return nil, err
+	}
+	out := make([]string, 0, len(files))
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if errors.Is(err, os.ErrNotExist) {
+			continue // the device went away
+		} else if err != nil {
+			return nil, fmt.Errorf("modalias: %w", err)
+		}
+		if a := strings.TrimSpace(string(b)); a != "" {
+			out = append(out, a)
+		}
+	}
+	return out, nil
+}
+
+// ModuleAliases reads Root/lib/modules/<uname -r>/modules.alias.
+func (l *Linux) ModuleAliases() (map[string][]string, error) {
+	var u unix.Utsname
+	if err := unix.Uname(&u); err != nil {
+		return nil, fmt.Errorf("uname: %w", err)
+	}
+	p := filepath.Join(l.Root, "/lib/modules", unix.ByteSliceToString(u.Release[:]), "modules.alias")
+	b, err := os.ReadFile(p)
+	if err != nil {
+		return nil, err
+	}
+	return modalias.Parse(b)
 }
 
 // Network runs DHCPv4 on the configured interfaces and configures every

@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/palisade-cc/palisade/initramfs/api"
+	"github.com/palisade-cc/palisade/internal/modalias"
 )
 
 // Mount is one file system the init mounts before anything else.
@@ -30,6 +31,12 @@ type Process interface {
 type System interface {
 	Mount(m Mount) error
 	LoadModule(name string) error
+	// Modaliases lists the modalias of every device present
+	// (/sys/bus/*/devices/*/modalias).
+	Modaliases() ([]string, error)
+	// ModuleAliases is the initramfs's modules.alias for the running
+	// kernel, parsed (modalias.Parse).
+	ModuleAliases() (map[string][]string, error)
 	// Network brings interfaces up with DHCP and returns the raw value of
 	// option DHCPOptionHints from the first lease that carried it (nil if
 	// none did).
@@ -87,6 +94,9 @@ func Run(ctx context.Context, log *slog.Logger, c *api.Config, sys System) error
 		} else if err != nil {
 			return fmt.Errorf("load module %s: %w", name, err)
 		}
+	}
+	if err := loadDeviceModules(log, c.DeviceModules, sys); err != nil {
+		return err
 	}
 	for _, m := range LateMounts {
 		log.Info("mount", "target", m.Target, "fstype", m.FSType)
@@ -176,4 +186,35 @@ func Run(ctx context.Context, log *slog.Logger, c *api.Config, sys System) error
 	}
 	e := <-exits
 	return fmt.Errorf("stage %s exited: %v", e.name, e.err)
+}
+
+// loadDeviceModules loads those of names whose hardware is present.
+func loadDeviceModules(log *slog.Logger, names []string, sys System) error {
+	if len(names) == 0 {
+		return nil
+	}
+	devs, err := sys.Modaliases()
+	if err != nil {
+		return fmt.Errorf("device modules: %w", err)
+	}
+	aliases, err := sys.ModuleAliases()
+	if err != nil {
+		return fmt.Errorf("device modules: %w", err)
+	}
+	for _, name := range names {
+		if _, ok := aliases[modalias.Name(name)]; !ok {
+			return fmt.Errorf("device module %s: not in this initramfs's modules.alias", name)
+		}
+	}
+	load := modalias.Match(names, aliases, devs)
+	log.Info("device modules", "devices", len(devs), "matched", strings.Join(load, " "))
+	for _, name := range load {
+		log.Info("load module", "module", name, "reason", "device present")
+		if err := sys.LoadModule(name); errors.Is(err, ErrNoDevice) {
+			log.Info("module skipped: no such hardware here", "module", name)
+		} else if err != nil {
+			return fmt.Errorf("load module %s: %w", name, err)
+		}
+	}
+	return nil
 }

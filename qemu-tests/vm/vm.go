@@ -65,11 +65,17 @@ type Config struct {
 	// boot device; MAC defaults to 52:54:00:xx from the name.
 	Net *Network
 	MAC string
+	// NIC is the NIC model: "" (virtio-net, with OVMF's own driver) or
+	// NICE1000E (an Intel 82574L, as on physical servers; OVMF boots it
+	// through iPXE's EFI option ROM from ipxe-qemu).
+	NIC string
 	// Kernel, Initrd and Append boot a kernel directly (QEMU fw_cfg)
 	// instead of the network.
 	Kernel, Initrd, Append string
-	// Disks are raw images attached as virtio disks, in order.
-	Disks []string
+	// Disks are raw images attached as virtio disks, in order, or as NVMe
+	// namespaces (one controller each) when DiskBus is DiskNVMe.
+	Disks   []string
+	DiskBus string
 	// Extra are appended to the command line (e.g. the CVM emulator's
 	// virtio-serial port).
 	Extra []string
@@ -77,6 +83,16 @@ type Config struct {
 	// cannot hang the tier.
 	Timeout time.Duration
 }
+
+// Device models a VM can have besides virtio (Config.NIC, Config.DiskBus).
+const (
+	NICE1000E = "e1000e"
+	DiskNVMe  = "nvme"
+)
+
+// e1000eROM is iPXE's EFI ROM for the e1000e (Debian's ipxe-qemu); OVMF has
+// no driver of its own for Intel NICs.
+const e1000eROM = "/usr/lib/ipxe/qemu/efi-e1000e.rom"
 
 // VM is a running QEMU.
 type VM struct {
@@ -138,16 +154,30 @@ func Start(t testing.TB, c Config) *VM {
 			c.MAC = macFor(c.Name)
 		}
 		tap := c.Net.Tap(t)
-		// romfile= : OVMF's own virtio-net driver, not iPXE's ROM.
-		args = append(args, "-netdev", "tap,id=n0,ifname="+tap+",script=no,downscript=no",
-			"-device", "virtio-net-pci,netdev=n0,mac="+c.MAC+",romfile=,bootindex=1")
+		args = append(args, "-netdev", "tap,id=n0,ifname="+tap+",script=no,downscript=no")
+		switch c.NIC {
+		case "":
+			// romfile= : OVMF's own virtio-net driver, not iPXE's ROM.
+			args = append(args, "-device", "virtio-net-pci,netdev=n0,mac="+c.MAC+",romfile=,bootindex=1")
+		case NICE1000E:
+			args = append(args, "-device", "e1000e,netdev=n0,mac="+c.MAC+",romfile="+e1000eROM+",bootindex=1")
+		default:
+			t.Fatalf("vm %s: NIC %q, want \"\" (virtio) or %q", c.Name, c.NIC, NICE1000E)
+		}
 	}
 	if c.Kernel != "" {
 		args = append(args, "-kernel", c.Kernel, "-initrd", c.Initrd, "-append", c.Append)
 	}
 	for i, d := range c.Disks {
-		args = append(args, "-drive", fmt.Sprintf("if=none,id=d%d,format=raw,file=%s", i, d),
-			"-device", fmt.Sprintf("virtio-blk-pci,drive=d%d", i))
+		args = append(args, "-drive", fmt.Sprintf("if=none,id=d%d,format=raw,file=%s", i, d))
+		switch c.DiskBus {
+		case "":
+			args = append(args, "-device", fmt.Sprintf("virtio-blk-pci,drive=d%d", i))
+		case DiskNVMe:
+			args = append(args, "-device", fmt.Sprintf("nvme,drive=d%d,serial=palisade%d", i, i))
+		default:
+			t.Fatalf("vm %s: disk bus %q, want \"\" (virtio) or %q", c.Name, c.DiskBus, DiskNVMe)
+		}
 	}
 	args = append(args, c.Extra...)
 
