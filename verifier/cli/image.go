@@ -19,6 +19,7 @@ import (
 	"github.com/palisade-cc/palisade/internal/boundedfile"
 	"github.com/palisade-cc/palisade/internal/manifest"
 	"github.com/palisade-cc/palisade/internal/measure"
+	"github.com/palisade-cc/palisade/verifier/config"
 )
 
 // The UKI's file name in an image's artifacts (images build writes it).
@@ -42,12 +43,15 @@ func cmdImage() *command {
 		help: "Check an image manifest offline: its signature by config.manifest_key, its Rekor\n" +
 			"inclusion proof against config.rekor_key (never skipped) and, with --dir, every\n" +
 			"listed file's SHA-256 and the TPM reference values (PCR4 with secure boot off\n" +
-			"and on, PCR9, PCR11) recomputed from the UKI.",
+			"and on, PCR9, PCR11) recomputed from the UKI.\n" +
+			"Rollback: a manifest whose security version is below the highest one this\n" +
+			"command accepted before is denied; that floor is kept in the configuration\n" +
+			"directory (" + config.AcceptedVersionName + ") and raised by every accepted manifest.",
 		example: "  verifier image --dir out/image/production out/image/production/manifest.dsse\n" +
 			"  verifier image --last-accepted 3 manifest.dsse",
 		flags: func(fs *flag.FlagSet) {
 			fs.StringVar(&dir, "dir", "", "the image's artifacts (palisade.efi, vmlinuz, …): check digests and recompute TPM values")
-			fs.Uint64Var(&last, "last-accepted", 0, "highest security version accepted before (rollback protection)")
+			fs.Uint64Var(&last, "last-accepted", 0, "deny security versions below this one too (the stored floor always applies)")
 		},
 		run: func(ctx context.Context, e *Env, fs *flag.FlagSet, args []string) error {
 			if err := nargs(fs, args, 1); err != nil {
@@ -65,7 +69,27 @@ func cmdImage() *command {
 			if err != nil {
 				return err
 			}
-			return verifyImage(e, args[0], dir, last, mk, lk)
+			stored, err := c.AcceptedVersion()
+			if err != nil {
+				return err
+			}
+			v, err := verifyImage(e, args[0], dir, max(last, stored), mk, lk)
+			if err != nil {
+				if stored > last && errors.Is(err, manifest.ErrRollback) {
+					fmt.Fprintf(e.Stderr, "verifier: the floor %d is the highest security version accepted before, kept in %s\n",
+						stored, c.Path(config.AcceptedVersionName))
+				}
+				return err
+			}
+			if v > stored {
+				if err := c.SaveAcceptedVersion(v); err != nil {
+					return fail(ExitError, "accepted, but the rollback floor was not recorded: %v", err)
+				}
+				fmt.Fprintf(e.Stdout, "  rollback:   floor raised to %d (%s)\n", v, c.Path(config.AcceptedVersionName))
+			} else {
+				fmt.Fprintf(e.Stdout, "  rollback:   %d is not below the floor %d (%s)\n", v, stored, c.Path(config.AcceptedVersionName))
+			}
+			return nil
 		},
 	}
 }
@@ -82,10 +106,11 @@ func (l *entryLog) VerifyLogProof(env []byte, proof json.RawMessage) error {
 	return err
 }
 
-func verifyImage(e *Env, bundlePath, dir string, last uint64, mk, lk crypto.PublicKey) error {
+// verifyImage returns the accepted manifest's security version.
+func verifyImage(e *Env, bundlePath, dir string, last uint64, mk, lk crypto.PublicKey) (uint64, error) {
 	b, err := boundedfile.Read(bundlePath, manifest.MaxSize)
 	if err != nil {
-		return fail(ExitError, "%v", err)
+		return 0, fail(ExitError, "%v", err)
 	}
 	log := &entryLog{v: manifest.RekorVerifier{LogKey: lk, ManifestKeys: []crypto.PublicKey{mk}, Now: e.Now}}
 	res, err := manifest.Verify(b, manifest.Options{Keys: []crypto.PublicKey{mk}, LastAccepted: last, Log: log})
@@ -93,9 +118,9 @@ func verifyImage(e *Env, bundlePath, dir string, last uint64, mk, lk crypto.Publ
 		// A proof that is missing or does not verify is the log's failure
 		// class; a bad signature, shape or version is the manifest's.
 		if errors.Is(err, manifest.ErrNoLogProof) || errors.Is(err, manifest.ErrLogProof) {
-			return fail(ExitLog, "%s: transparency log (%s): %v", bundlePath, attest.ClassOf(err), err)
+			return 0, fail(ExitLog, "%s: transparency log (%s): %v", bundlePath, attest.ClassOf(err), err)
 		}
-		return fail(ExitDenied, "%s: manifest denied (%s): %v", bundlePath, attest.ClassOf(err), err)
+		return 0, fail(ExitDenied, "%s: manifest denied (%s): %w", bundlePath, attest.ClassOf(err), err)
 	}
 	m := res.Manifest
 	w := e.Stdout
@@ -107,27 +132,27 @@ func verifyImage(e *Env, bundlePath, dir string, last uint64, mk, lk crypto.Publ
 	}
 	if dir == "" {
 		fmt.Fprintln(w, "  artifacts:  not checked (no --dir)")
-		return nil
+		return m.SecurityVersion, nil
 	}
 	if err := m.CheckFiles(os.DirFS(dir)); err != nil {
-		return fail(ExitDenied, "%s: %v", dir, err)
+		return 0, fail(ExitDenied, "%s: %v", dir, err)
 	}
 	fmt.Fprintf(w, "  files:      %d SHA-256 digests match in %s\n", len(m.Files), dir)
 	if _, ok := m.Files[ukiName]; !ok {
-		return fail(ExitDenied, "%s: the manifest lists no %s: its TPM values cannot be recomputed", bundlePath, ukiName)
+		return 0, fail(ExitDenied, "%s: the manifest lists no %s: its TPM values cannot be recomputed", bundlePath, ukiName)
 	}
 	uki, err := boundedfile.Read(filepath.Join(dir, ukiName), maxUKI)
 	if err != nil {
-		return fail(ExitError, "%v", err)
+		return 0, fail(ExitError, "%v", err)
 	}
 	lines, err := checkTPMReferences(m.References, uki)
 	for _, l := range lines {
 		fmt.Fprintf(w, "  %s\n", l)
 	}
 	if err != nil {
-		return fail(ExitDenied, "%s: %v", dir, err)
+		return 0, fail(ExitDenied, "%s: %v", dir, err)
 	}
-	return nil
+	return m.SecurityVersion, nil
 }
 
 // checkTPMReferences recomputes PCR4, PCR9 and PCR11 from the UKI for each

@@ -337,3 +337,37 @@ func copyArtifacts(t *testing.T, w *imageWorld) string {
 	}
 	return d
 }
+
+// TestImageRollbackFloor: the highest accepted security version is kept in
+// the configuration directory and denies older manifests in later runs.
+func TestImageRollbackFloor(t *testing.T) {
+	w := newImageWorld(t)
+	floor := filepath.Join(w.cfgDir, config.AcceptedVersionName)
+	p3, _ := w.bundle(t, w.key, 3, nil)
+	p2, _ := w.bundle(t, w.key, 2, nil)
+	p4, _ := w.bundle(t, w.key, 4, nil)
+	step := func(p string, wantCode int, want string) {
+		t.Helper()
+		code, out, errs := w.run(t, p)
+		if code != wantCode || !strings.Contains(out+errs, want) {
+			t.Fatalf("exit %d, want %d with %q:\n%s%s", code, wantCode, want, out, errs)
+		}
+	}
+	step(p3, ExitOK, "floor raised to 3")
+	if b, err := os.ReadFile(floor); err != nil || string(b) != "3\n" {
+		t.Fatalf("floor file %q, %v; want \"3\\n\"", b, err)
+	}
+	step(p2, ExitDenied, "security_version 2 < last accepted 3")
+	step(p2, ExitDenied, "kept in "+floor)
+	step(p3, ExitOK, "3 is not below the floor 3")
+	step(p4, ExitOK, "floor raised to 4")
+	// --last-accepted adds a floor; it never lowers the stored one.
+	if code, out, errs := w.run(t, "--last-accepted", "1", p3); code != ExitDenied {
+		t.Fatalf("--last-accepted 1 let 3 pass a stored floor of 4: exit %d\n%s%s", code, out, errs)
+	}
+	if b, _ := os.ReadFile(floor); string(b) != "4\n" {
+		t.Fatalf("floor file %q after a denial, want \"4\\n\"", b)
+	}
+	write(t, floor, []byte("four\n"))
+	step(p4, ExitError, "is not a security version")
+}

@@ -35,6 +35,9 @@ const (
 	CheckpointName = "checkpoint"
 	OwnerKeyName   = "owner.key"
 	SecretName     = "owner-secret.json"
+	// AcceptedVersionName holds the highest image security version
+	// `verifier image` accepted: its rollback floor across runs.
+	AcceptedVersionName = "image-security-version"
 )
 
 // maxFile bounds every file the verifier reads: configs, references, keys.

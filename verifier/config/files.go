@@ -9,8 +9,11 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"text/template"
 
+	"github.com/palisade-cc/palisade/internal/atomicfile"
 	"github.com/palisade-cc/palisade/internal/attest"
 	"github.com/palisade-cc/palisade/internal/manifest"
 )
@@ -205,23 +208,36 @@ func (c *Config) LastCheckpoint() ([]byte, error) {
 // SaveCheckpoint replaces the stored checkpoint atomically (rename), so a
 // crash leaves the old or the new one, never a torn file.
 func (c *Config) SaveCheckpoint(msg []byte) error {
-	tmp, err := os.CreateTemp(c.dir, CheckpointName+".*")
-	if err != nil {
+	return atomicfile.Write(filepath.Join(c.dir, CheckpointName), msg, 0o600)
+}
+
+// AcceptedVersion is the highest image security version this owner's
+// `verifier image` accepted (AcceptedVersionName), 0 if none yet.
+func (c *Config) AcceptedVersion() (uint64, error) {
+	p := filepath.Join(c.dir, AcceptedVersionName)
+	b, err := readFile(p)
+	if errors.Is(err, os.ErrNotExist) {
+		return 0, nil
+	} else if err != nil {
+		return 0, err
+	}
+	s := strings.TrimSuffix(string(b), "\n")
+	v, err := strconv.ParseUint(s, 10, 64)
+	if err != nil || strconv.FormatUint(v, 10) != s {
+		return 0, fmt.Errorf("%s: %q is not a security version (one decimal number); it is the image rollback floor, restore it rather than delete it", p, b)
+	}
+	return v, nil
+}
+
+// SaveAcceptedVersion records v as the rollback floor if it is above the
+// stored one; the file is replaced atomically, so a crash leaves the old
+// or the new floor.
+func (c *Config) SaveAcceptedVersion(v uint64) error {
+	old, err := c.AcceptedVersion()
+	if err != nil || v <= old {
 		return err
 	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(msg); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), filepath.Join(c.dir, CheckpointName))
+	return atomicfile.Write(filepath.Join(c.dir, AcceptedVersionName), []byte(strconv.FormatUint(v, 10)+"\n"), 0o600)
 }
 
 // isSignedManifest says b is a signed manifest bundle (internal/manifest:
