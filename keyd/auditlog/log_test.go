@@ -385,12 +385,12 @@ func TestParseProof(t *testing.T) {
 	}
 	good := string(FormatProof(p))
 	for name, bad := range map[string]string{
-		"no newline": strings.TrimSuffix(good, "\n"),
-		"short hash": "AAAA\n",
-		"blank line": good + "\n",
-		"bad base64": strings.Replace(good, "=", "!", 1),
+		"no newline":      strings.TrimSuffix(good, "\n"),
+		"short hash":      "AAAA\n",
+		"blank line":      good + "\n",
+		"bad base64":      strings.Replace(good, "=", "!", 1),
 		"carriage return": good[:16] + "\r" + good[16:],
-		"too long":   strings.Repeat(good[:45], MaxProofHashes+1),
+		"too long":        strings.Repeat(good[:45], MaxProofHashes+1),
 	} {
 		if _, err := ParseProof([]byte(bad)); !errors.Is(err, ErrMalformed) {
 			t.Errorf("%s: err = %v, want ErrMalformed", name, err)

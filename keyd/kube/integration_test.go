@@ -77,14 +77,14 @@ func TestIntegration(t *testing.T) {
 	defer cancel()
 	c := startCluster(ctx, t, bin)
 
-	iss := &Issuer{
-		Client:            c.admin,
-		APIServerEndpoint: c.endpoint,
-		CACert:            c.caCert,
-		CertificateKeys:   &CertUploader{Client: c.admin, CertificatesDir: c.pki},
-	}
-	if err := iss.Setup(ctx); err != nil {
+	// Built as keyd -tags kube builds it: from its configuration's files.
+	iss, err := FromFiles(ctx, Files{Kubeconfig: filepath.Join(c.dir, "super-admin.conf"), CACert: filepath.Join(c.pki, "ca.crt"),
+		APIServerEndpoint: c.endpoint, ControlPlane: true, CertificatesDir: c.pki}, nil)
+	if err != nil {
 		t.Fatal(err)
+	}
+	if iss.CACert == nil || !iss.CACert.Equal(c.caCert) {
+		t.Fatal("FromFiles: the issuer pins another CA than ca.crt")
 	}
 
 	t.Run("join", func(t *testing.T) {

@@ -2,9 +2,12 @@ package kube
 
 import (
 	"context"
+	"crypto/x509"
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"log/slog"
+	"os"
 	"sync"
 	"time"
 
@@ -184,4 +187,58 @@ func (u *CertUploader) Rotate() {
 	u.mu.Lock()
 	u.key = ""
 	u.mu.Unlock()
+}
+
+// Files are what a keyd configuration names for the issuer (keyd's
+// config.kube): paths, not clients, so the whole construction is here.
+type Files struct {
+	// Kubeconfig is keyd's own identity (bootstrap-token Secrets in
+	// kube-system, CSRs).
+	Kubeconfig string
+	// CACert is the cluster CA (PEM) nodes pin by hash.
+	CACert            string
+	APIServerEndpoint string
+	TTL               time.Duration
+	// ControlPlane makes the issuer upload the control-plane certificates
+	// from CertificatesDir (default /etc/kubernetes/pki) and hand their
+	// key to control-plane joiners.
+	ControlPlane    bool
+	CertificatesDir string
+}
+
+// FromFiles builds an Issuer from f, validates it and runs Setup (the
+// cluster-info ConfigMap, the bootstrappers' RBAC). The caller runs its
+// sweep loop (Run).
+func FromFiles(ctx context.Context, f Files, log *slog.Logger) (*Issuer, error) {
+	rc, err := clientcmd.BuildConfigFromFlags("", f.Kubeconfig)
+	if err != nil {
+		return nil, fmt.Errorf("kubeconfig %s: %w", f.Kubeconfig, err)
+	}
+	cs, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		return nil, fmt.Errorf("kubeconfig %s: %w", f.Kubeconfig, err)
+	}
+	b, err := os.ReadFile(f.CACert)
+	if err != nil {
+		return nil, fmt.Errorf("ca_cert: %w", err)
+	}
+	blk, _ := pem.Decode(b)
+	if blk == nil || blk.Type != "CERTIFICATE" {
+		return nil, fmt.Errorf("ca_cert %s: no PEM CERTIFICATE", f.CACert)
+	}
+	ca, err := x509.ParseCertificate(blk.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("ca_cert %s: %w", f.CACert, err)
+	}
+	iss := &Issuer{Client: cs, APIServerEndpoint: f.APIServerEndpoint, CACert: ca, TTL: f.TTL, Log: log}
+	if f.ControlPlane {
+		iss.CertificateKeys = &CertUploader{Client: cs, CertificatesDir: f.CertificatesDir}
+	}
+	if err := iss.Validate(); err != nil {
+		return nil, err
+	}
+	if err := iss.Setup(ctx); err != nil {
+		return nil, fmt.Errorf("kube setup (cluster-info, bootstrappers' RBAC): %w", err)
+	}
+	return iss, nil
 }
