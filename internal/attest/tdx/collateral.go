@@ -150,7 +150,8 @@ func fetch(ctx context.Context, g trust.HTTPSGetter, u string) (map[string][]str
 // signedDoc fetches a PCS JSON document {"<field>": {...}, "signature": hex}
 // and verifies the signature over the exact bytes of <field> with the TCB
 // signing certificate from the issuer-chain header, which must chain to a
-// pinned root. It returns the signing certificate and the raw document.
+// pinned root (both once per exact bytes: sigCache). It returns the signing
+// certificate and the raw document.
 func (v *Verifier) signedDoc(ctx context.Context, g trust.HTTPSGetter, u, header, field string, now time.Time) (*x509.Certificate, []byte, error) {
 	h, body, err := fetch(ctx, g, u)
 	if err != nil {
@@ -176,8 +177,12 @@ func (v *Verifier) signedDoc(ctx context.Context, g trust.HTTPSGetter, u, header
 	if err != nil || len(sig) != 64 {
 		return nil, nil, attest.Denyf(attest.ClassCollateral, "%s: signature: want 64 bytes of hex", u)
 	}
-	if err := checkRawSig(signer, raw, sig); err != nil {
-		return nil, nil, attest.Denyf(attest.ClassChain, "%s: %s signature: %v", u, field, err)
+	k := factKey("doc", signer.Raw, raw, sig)
+	if _, ok := v.sigs.get(k); !ok {
+		if err := checkRawSig(signer, raw, sig); err != nil {
+			return nil, nil, attest.Denyf(attest.ClassChain, "%s: %s signature: %v", u, field, err)
+		}
+		v.sigs.put(k, true)
 	}
 	return signer, raw, nil
 }
@@ -204,25 +209,40 @@ func (v *Verifier) tcbSigner(h map[string][]string, header string, now time.Time
 	if cert.Subject.CommonName != "Intel SGX TCB Signing" {
 		return nil, attest.Denyf(attest.ClassChain, "collateral signing certificate %q: want \"Intel SGX TCB Signing\"", cert.Subject.CommonName)
 	}
-	if _, err := cert.Verify(x509.VerifyOptions{Roots: v.roots(), CurrentTime: now,
-		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
+	pool := v.roots()
+	k := factKey("tcb-signer", poolID(pool), cert.Raw)
+	if f, ok := v.sigs.get(k); ok && validAt(f.([]*x509.Certificate), now) == nil {
+		return cert, nil
+	}
+	chains, err := cert.Verify(x509.VerifyOptions{Roots: pool, CurrentTime: now,
+		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}})
+	if err != nil {
 		return nil, attest.Denyf(attest.ClassChain, "collateral signing certificate %q does not chain to a pinned root: %v", cert.Subject.CommonName, err)
 	}
+	v.sigs.put(k, chains[0])
 	return cert, nil
 }
 
-// crl fetches a DER CRL and checks its signature by issuer and its dates.
+// crl fetches a DER CRL and checks its signature by issuer (once per CRL
+// and issuer: sigCache) and its dates (every time).
 func (v *Verifier) crl(ctx context.Context, g trust.HTTPSGetter, u, what string, issuer *x509.Certificate, now time.Time) (*x509.RevocationList, error) {
 	_, body, err := fetch(ctx, g, u)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", what, err)
 	}
-	crl, err := x509.ParseRevocationList(body)
-	if err != nil {
-		return nil, attest.Denyf(attest.ClassCollateral, "%s: %v", what, err)
-	}
-	if err := crl.CheckSignatureFrom(issuer); err != nil {
-		return nil, attest.Denyf(attest.ClassChain, "%s: not signed by %q: %v", what, issuer.Subject.CommonName, err)
+	// The parsed list is shared between verifications: read only.
+	k := factKey("crl", issuer.Raw, body)
+	var crl *x509.RevocationList
+	if f, ok := v.sigs.get(k); ok {
+		crl = f.(*x509.RevocationList)
+	} else {
+		if crl, err = x509.ParseRevocationList(body); err != nil {
+			return nil, attest.Denyf(attest.ClassCollateral, "%s: %v", what, err)
+		}
+		if err := crl.CheckSignatureFrom(issuer); err != nil {
+			return nil, attest.Denyf(attest.ClassChain, "%s: not signed by %q: %v", what, issuer.Subject.CommonName, err)
+		}
+		v.sigs.put(k, crl)
 	}
 	if err := fresh(what, crl.ThisUpdate, crl.NextUpdate, now); err != nil {
 		return nil, err

@@ -65,6 +65,8 @@ type Verifier struct {
 	// TCB, the TDX module and the QE (e.g. "SWHardeningNeeded"). "Revoked"
 	// is never accepted.
 	AcceptTCB []string
+
+	sigs sigCache // collateral signatures that verified
 }
 
 var _ attest.Verifier = (*Verifier)(nil)
