@@ -21,6 +21,7 @@ import (
 	"github.com/palisade-cc/palisade/internal/attest/snp/snptest"
 	"github.com/palisade-cc/palisade/internal/attest/tdx/tdxtest"
 	"github.com/palisade-cc/palisade/internal/attest/tpm/tpmtest"
+	"github.com/palisade-cc/palisade/internal/cvm/reference"
 	"github.com/palisade-cc/palisade/internal/manifest"
 	"github.com/palisade-cc/palisade/internal/roots"
 	"github.com/palisade-cc/palisade/qemu-tests/vm"
@@ -96,7 +97,7 @@ func buildDemo(t *testing.T) (*demoImages, error) {
 	if fw == "" {
 		return nil, fmt.Errorf("the pinned AmdSev firmware is missing: run scripts/firmware.sh (make demo does)")
 	}
-	if img.Firmware, err = build.LoadFirmware(fw); err != nil {
+	if img.Firmware, err = reference.LoadFirmware(fw); err != nil {
 		return nil, fmt.Errorf("firmware %s: %w", fw, err)
 	}
 	o := build.Options{Version: "demo", Epoch: 1700000000, Root: "..", Out: filepath.Join(out, "image"),

@@ -21,6 +21,7 @@ import (
 	"github.com/palisade-cc/palisade/internal/attest/snp/snptest"
 	"github.com/palisade-cc/palisade/internal/attest/tdx/tdxtest"
 	"github.com/palisade-cc/palisade/internal/attest/tpm/tpmtest"
+	"github.com/palisade-cc/palisade/internal/cvm/reference"
 	"github.com/palisade-cc/palisade/internal/manifest"
 	"github.com/palisade-cc/palisade/internal/roots"
 	"github.com/palisade-cc/palisade/qemu-tests/cvm"
@@ -49,7 +50,7 @@ type testImage struct {
 	KeydRef attest.Reference
 	// Bundle is the signed manifest; PubPEM the key compiled in.
 	Bundle, PubPEM string
-	Firmware       *build.Firmware
+	Firmware       *reference.Firmware
 	pkis
 }
 
@@ -139,7 +140,7 @@ func buildImage(t *testing.T) (*testImage, error) {
 		ManifestKey: pubPEM, Roots: rootsDir, ManifestWithoutLogProof: true,
 		SNP: attest.SNPReference{Product: "Milan"}, Log: logWriter{t}}
 	if fw := firmwareDir(); fw != "" {
-		if o.Firmware, err = build.LoadFirmware(fw); err != nil {
+		if o.Firmware, err = reference.LoadFirmware(fw); err != nil {
 			return nil, fmt.Errorf("firmware %s: %w", fw, err)
 		}
 		img.Firmware = o.Firmware
@@ -158,7 +159,7 @@ func buildImage(t *testing.T) (*testImage, error) {
 			return nil, fmt.Errorf("tdx reference boot: %w", err)
 		}
 		before := res.Files["palisade.efi"]
-		o.TDXBoots = []build.TDXBoot{e.TDXBoot()}
+		o.TDXBoots = []reference.TDXBoot{e.TDXBoot()}
 		if res, err = build.Build(context.Background(), o); err != nil {
 			return nil, err
 		}

@@ -18,6 +18,6 @@ PALISADE_FIRMWARE="$fw" PALISADE_VM_TESTS=1 go test -json -count=1 -p 1 -timeout
 # built firmware and the pinned kernel (in out/image/cache after the image
 # builds above): here they must run, never skip.
 echo "VM tier: cross-checks on the built firmware and the pinned kernel"
-PALISADE_CROSSCHECK=1 go test -json -count=1 -run 'CrossChecked|LoadFirmware|LoadBuilt' ./images/... | go run ./tools/testsum
+PALISADE_CROSSCHECK=1 go test -json -count=1 -run 'CrossChecked|LoadFirmware|LoadBuilt' ./internal/cvm/... | go run ./tools/testsum
 echo "VM tier: reproducibility (two fresh clones build the same UKI)"
 scripts/image-repro.sh production

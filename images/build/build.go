@@ -29,6 +29,7 @@ import (
 	"github.com/palisade-cc/palisade/images/uki"
 	"github.com/palisade-cc/palisade/initramfs/api"
 	"github.com/palisade-cc/palisade/internal/attest"
+	"github.com/palisade-cc/palisade/internal/cvm/reference"
 	"github.com/palisade-cc/palisade/internal/measure"
 	"github.com/palisade-cc/palisade/internal/modalias"
 	"github.com/u-root/u-root/pkg/kmodule"
@@ -70,12 +71,12 @@ type Options struct {
 	Stub     string
 	Log      io.Writer
 	// Firmware, when set, adds the SEV-SNP and TDX references of every
-	// shape in Shapes (nil: TPM references only).
-	Firmware *Firmware
+	// shape in reference.Shapes (nil: TPM references only).
+	Firmware *reference.Firmware
 	// SNP is the owner's SEV-SNP policy for those references (Product is
 	// required); TDXBoots are the reference boots' TDX values.
 	SNP      attest.SNPReference
-	TDXBoots []TDXBoot
+	TDXBoots []reference.TDXBoot
 	// Roots is a directory whose regular files (internal/roots'
 	// roots.json and the PEM and collateral files it names) go into the
 	// initramfs at RootsDir: the trust anchors attestd judges keyd with.
@@ -280,10 +281,10 @@ func Build(ctx context.Context, o Options) (*Result, error) {
 	}
 	res.References = append(res.References, tpm...)
 	if o.Firmware != nil {
-		if err := checkDirectBoot(ub, files); err != nil {
+		if err := reference.CheckDirectBoot(ub, files); err != nil {
 			return nil, err
 		}
-		cvm, missing, err := CVMReferences(ub, CVMOptions{Image: o.Profile, Firmware: *o.Firmware, Shapes: Shapes,
+		cvm, missing, err := reference.CVMReferences(ub, reference.CVMOptions{Image: o.Profile, Firmware: *o.Firmware, Shapes: reference.Shapes,
 			SNP: o.SNP, TDXBoots: o.TDXBoots})
 		if err != nil {
 			return nil, err
@@ -321,25 +322,6 @@ func Build(ctx context.Context, o Options) (*Result, error) {
 	}
 	o.logf("done: %s sha256 %s", ukiPath, res.Files["palisade.efi"])
 	return res, nil
-}
-
-// checkDirectBoot checks that what a CVM launcher takes out of the UKI is
-// what the build put in, so the launch digest covers the built files.
-func checkDirectBoot(ukiFile []byte, files map[string][]byte) error {
-	b, err := DirectBoot(ukiFile)
-	if err != nil {
-		return err
-	}
-	for _, c := range []struct {
-		name      string
-		got, want []byte
-	}{{"vmlinuz", b.Kernel, files["vmlinuz"]}, {"initrd.img", b.Initrd, files["initrd.img"]},
-		{"cmdline", []byte(b.Cmdline), files["cmdline"]}} {
-		if !bytes.Equal(c.got, c.want) {
-			return fmt.Errorf("uki: direct-boot %s (%d bytes) differs from the built file (%d bytes)", c.name, len(c.got), len(c.want))
-		}
-	}
-	return nil
 }
 
 // TPMProfile names the hardware profile of a TPM reference: OVMF-style UEFI

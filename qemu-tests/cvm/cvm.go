@@ -24,17 +24,17 @@ import (
 	"strings"
 	"sync"
 
-	"github.com/palisade-cc/palisade/images/build"
-	"github.com/palisade-cc/palisade/images/firmware"
 	"github.com/palisade-cc/palisade/internal/attest"
 	"github.com/palisade-cc/palisade/internal/attest/cvmport"
+	"github.com/palisade-cc/palisade/internal/cvm/firmware"
+	"github.com/palisade-cc/palisade/internal/cvm/reference"
 )
 
 // Launch is one emulated confidential VM: what is measured and its shape.
 type Launch struct {
 	Platform attest.Platform
 	// Firmware is the pinned firmware file a real CVM of this shape
-	// launches (images/firmware.Load: OVMF.amdsev.fd for SNP,
+	// launches (internal/cvm/firmware.Load: OVMF.amdsev.fd for SNP,
 	// OVMF.inteltdx.fd for TDX); it is what is MEASURED. Under TCG the
 	// guest executes Debian's generic OVMF instead (docs/harness-cvm.md).
 	Firmware string
@@ -44,7 +44,7 @@ type Launch struct {
 	// as images/build does.
 	UKI string
 	// VCPUs and VCPUType are the shape, with images/build's names
-	// (build.Shapes: 1 or 4 vCPUs of "EPYC-v4").
+	// (reference.Shapes: 1 or 4 vCPUs of "EPYC-v4").
 	VCPUs    int
 	VCPUType string
 	// GuestFeatures is SEV_FEATURES of each VMSA (SNP); 0 means 0x1
@@ -62,8 +62,8 @@ type Launch struct {
 	Log *slog.Logger
 }
 
-func (l *Launch) shape() build.Shape {
-	s := build.Shape{Name: l.Shape, VCPUs: l.VCPUs, VCPUType: l.VCPUType, GuestFeatures: l.GuestFeatures}
+func (l *Launch) shape() reference.Shape {
+	s := reference.Shape{Name: l.Shape, VCPUs: l.VCPUs, VCPUType: l.VCPUType, GuestFeatures: l.GuestFeatures}
 	if s.GuestFeatures == 0 {
 		s.GuestFeatures = 1
 	}
@@ -106,7 +106,7 @@ type launched struct {
 // Emulator answers one emulated CVM's requests. Build it with NewSNP or NewTDX.
 type Emulator struct {
 	l     Launch
-	shape build.Shape
+	shape reference.Shape
 	log   *slog.Logger
 	fw    []byte // the measured firmware (for profile names)
 

@@ -13,13 +13,13 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
-	"github.com/palisade-cc/palisade/images/build"
 	"github.com/palisade-cc/palisade/internal/attest"
 	"github.com/palisade-cc/palisade/internal/attest/cvmport"
 	"github.com/palisade-cc/palisade/internal/attest/snp"
 	"github.com/palisade-cc/palisade/internal/attest/snp/snptest"
 	"github.com/palisade-cc/palisade/internal/attest/tdx"
 	"github.com/palisade-cc/palisade/internal/attest/tdx/tdxtest"
+	"github.com/palisade-cc/palisade/internal/cvm/reference"
 )
 
 func binding(nonce byte) attest.Binding {
@@ -172,7 +172,7 @@ func TestReferenceMatchesBuild(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	shape := build.Shapes[0]
+	shape := reference.Shapes[0]
 	for _, a := range testArtifacts(t) {
 		t.Run(a.name, func(t *testing.T) {
 			uki, err := os.ReadFile(a.uki)
@@ -194,8 +194,8 @@ func TestReferenceMatchesBuild(t *testing.T) {
 			}
 			policy := *s.Reference().SNP
 			policy.Measurement = nil
-			refs, _, err := build.CVMReferences(uki, build.CVMOptions{Image: "production",
-				Firmware: build.Firmware{SNP: read(a.snpFW)}, Shapes: []build.Shape{shape}, SNP: policy})
+			refs, _, err := reference.CVMReferences(uki, reference.CVMOptions{Image: "production",
+				Firmware: reference.Firmware{SNP: read(a.snpFW)}, Shapes: []reference.Shape{shape}, SNP: policy})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -209,9 +209,9 @@ func TestReferenceMatchesBuild(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			refs, missing, err := build.CVMReferences(uki, build.CVMOptions{Image: "production",
-				Firmware: build.Firmware{TDX: read(a.tdxFW)}, Shapes: []build.Shape{shape},
-				TDXBoots: []build.TDXBoot{x.TDXBoot()}})
+			refs, missing, err := reference.CVMReferences(uki, reference.CVMOptions{Image: "production",
+				Firmware: reference.Firmware{TDX: read(a.tdxFW)}, Shapes: []reference.Shape{shape},
+				TDXBoots: []reference.TDXBoot{x.TDXBoot()}})
 			if err != nil || len(missing) != 0 {
 				t.Fatalf("CVMReferences: %v, missing %v", err, missing)
 			}
@@ -491,7 +491,7 @@ func TestWrongPlatformRequests(t *testing.T) {
 	if _, _, _, err := x.DirectBootFiles(t.TempDir()); err == nil {
 		t.Error("TDX emulator wrote direct-boot files")
 	}
-	if !cmp.Equal(s.TDXBoot(), build.TDXBoot{}) {
+	if !cmp.Equal(s.TDXBoot(), reference.TDXBoot{}) {
 		t.Error("SNP emulator has a TDX boot record")
 	}
 }
@@ -508,14 +508,14 @@ func TestDirectBootFiles(t *testing.T) {
 		t.Fatal(err)
 	}
 	uki, _ := os.ReadFile(a.uki)
-	want, err := build.DirectBoot(uki)
+	want, err := reference.DirectBoot(uki)
 	if err != nil {
 		t.Fatal(err)
 	}
 	kb, _ := os.ReadFile(k)
 	ib, _ := os.ReadFile(i)
 	if !bytes.Equal(kb, want.Kernel) || !bytes.Equal(ib, want.Initrd) || cmdline != want.Cmdline {
-		t.Error("direct-boot files differ from build.DirectBoot")
+		t.Error("direct-boot files differ from reference.DirectBoot")
 	}
 }
 

@@ -13,10 +13,10 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/palisade-cc/palisade/images/cvm/ovmf"
-	"github.com/palisade-cc/palisade/images/firmware"
 	"github.com/palisade-cc/palisade/internal/attest"
 	"github.com/palisade-cc/palisade/internal/attest/cvmport"
+	"github.com/palisade-cc/palisade/internal/cvm/firmware"
+	"github.com/palisade-cc/palisade/internal/cvm/ovmf"
 	"github.com/palisade-cc/palisade/internal/measure"
 )
 

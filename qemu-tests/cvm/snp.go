@@ -8,11 +8,11 @@ import (
 
 	"github.com/google/go-sev-guest/abi"
 
-	"github.com/palisade-cc/palisade/images/build"
-	cvmsnp "github.com/palisade-cc/palisade/images/cvm/snp"
 	"github.com/palisade-cc/palisade/internal/attest"
 	"github.com/palisade-cc/palisade/internal/attest/snp"
 	"github.com/palisade-cc/palisade/internal/attest/snp/snptest"
+	"github.com/palisade-cc/palisade/internal/cvm/reference"
+	cvmsnp "github.com/palisade-cc/palisade/internal/cvm/snp"
 )
 
 type snpState struct {
@@ -21,9 +21,9 @@ type snpState struct {
 	measurement []byte
 }
 
-// NewSNP measures an SEV-SNP launch: MEASUREMENT is images/cvm/snp.Compute
+// NewSNP measures an SEV-SNP launch: MEASUREMENT is internal/cvm/snp.Compute
 // over the firmware, the UKI's direct-boot kernel, initrd and cmdline
-// (build.DirectBoot, the function images/build uses) and the shape. Reports
+// (reference.DirectBoot, the function images/build uses) and the shape. Reports
 // are signed by chain's VCEK.
 func NewSNP(l Launch, chain *snptest.Chain) (*Emulator, error) {
 	if chain == nil {
@@ -33,7 +33,7 @@ func NewSNP(l Launch, chain *snptest.Chain) (*Emulator, error) {
 	if err != nil {
 		return nil, fmt.Errorf("sev-snp emulator: %w", err)
 	}
-	boot, err := build.DirectBoot(uki)
+	boot, err := reference.DirectBoot(uki)
 	if err != nil {
 		return nil, fmt.Errorf("sev-snp emulator: launch.uki: %w", err)
 	}
@@ -50,7 +50,7 @@ func NewSNP(l Launch, chain *snptest.Chain) (*Emulator, error) {
 // DirectBootFiles writes the kernel and initrd QEMU is given for measured
 // direct boot (-kernel, -initrd) into dir and returns their paths and the
 // command line (-append): the bytes NewSNP measured, taken from the UKI by
-// build.DirectBoot. Both files are launched files from then on: a report is
+// reference.DirectBoot. Both files are launched files from then on: a report is
 // refused if either changes.
 func (e *Emulator) DirectBootFiles(dir string) (kernel, initrd, cmdline string, err error) {
 	if e.snp == nil {
@@ -94,13 +94,13 @@ func (s *snpState) report(reportData [64]byte) ([]byte, []byte, error) {
 }
 
 // reference is images/build's SEV-SNP reference for this launch: the profile
-// name of build.SNPProfile and the owner policy the test chain satisfies
+// name of reference.SNPProfile and the owner policy the test chain satisfies
 // exactly (its product, TCB, firmware build and API version, GUEST_SVN 1,
 // no SMT), with the computed MEASUREMENT.
 func (s *snpState) reference(e *Emulator) attest.Reference {
 	c := s.chain
 	return attest.Reference{
-		Profile:  build.SNPProfile(e.fw, e.shape.Name, e.l.image()),
+		Profile:  reference.SNPProfile(e.fw, e.shape.Name, e.l.image()),
 		Platform: attest.PlatformSNP,
 		SNP: &attest.SNPReference{
 			Product:       c.Product,

@@ -7,11 +7,11 @@ import (
 	"fmt"
 	"unicode/utf16"
 
-	"github.com/palisade-cc/palisade/images/build"
-	"github.com/palisade-cc/palisade/images/cvm/ovmf"
-	cvmtdx "github.com/palisade-cc/palisade/images/cvm/tdx"
 	"github.com/palisade-cc/palisade/internal/attest"
 	"github.com/palisade-cc/palisade/internal/attest/tdx/tdxtest"
+	"github.com/palisade-cc/palisade/internal/cvm/ovmf"
+	"github.com/palisade-cc/palisade/internal/cvm/reference"
+	cvmtdx "github.com/palisade-cc/palisade/internal/cvm/tdx"
 	"github.com/palisade-cc/palisade/internal/measure"
 )
 
@@ -43,7 +43,7 @@ type tdxState struct {
 	ccel []byte
 }
 
-// NewTDX measures a TDX launch: MRTD is images/cvm/tdx.MRTD(firmware); the
+// NewTDX measures a TDX launch: MRTD is internal/cvm/tdx.MRTD(firmware); the
 // CC event log is synthesised (RTMR0: the emulated TDVF configuration, see
 // docs/harness-cvm.md; RTMR1/RTMR2: exactly images/build's events for the
 // UKI) and the quoted RTMRs are its replay. Quotes are signed by fx's
@@ -93,12 +93,12 @@ func (s *tdxState) quote(reportData [64]byte) ([]byte, error) {
 // TD (RTMR0, TD attributes, XFAM, TEE_TCB_SVN floor, MRSEAM), what
 // `images build --tdx-boots` reads; MRTD and RTMR1-3 are left for the build
 // to compute. For an SEV-SNP emulator it is the zero value.
-func (e *Emulator) TDXBoot() build.TDXBoot {
+func (e *Emulator) TDXBoot() reference.TDXBoot {
 	if e.tdx == nil {
-		return build.TDXBoot{}
+		return reference.TDXBoot{}
 	}
 	b := e.tdx.body
-	return build.TDXBoot{Shape: e.shape.Name, SecureBoot: e.l.SecureBoot, Reference: attest.TDXReference{
+	return reference.TDXBoot{Shape: e.shape.Name, SecureBoot: e.l.SecureBoot, Reference: attest.TDXReference{
 		RTMR:          [4]attest.HexBytes{bytes.Clone(b.RTMR[0][:])},
 		TDAttributes:  bytes.Clone(b.TDAttributes[:]),
 		XFAM:          bytes.Clone(b.XFAM[:]),
@@ -116,7 +116,7 @@ func (s *tdxState) reference(e *Emulator) attest.Reference {
 	for i := range r.RTMR {
 		r.RTMR[i] = bytes.Clone(s.body.RTMR[i][:])
 	}
-	return attest.Reference{Profile: build.TDXProfile(e.fw, e.shape.Name, e.l.SecureBoot, e.l.image()),
+	return attest.Reference{Profile: reference.TDXProfile(e.fw, e.shape.Name, e.l.SecureBoot, e.l.image()),
 		Platform: attest.PlatformTDX, TDX: &r}
 }
 
@@ -131,9 +131,9 @@ func (s *tdxState) reference(e *Emulator) attest.Reference {
 // real TDVF hashes VMM-built structures it does not build.
 //
 // RTMR1 and RTMR2 are images/build's prediction for the UKI
-// (images/cvm/tdx.RTMR1Events and RTMR2Events with build.ImageCC), so the
+// (internal/cvm/tdx.RTMR1Events and RTMR2Events with reference.ImageCC), so the
 // emulator shows a verifier exactly what the reference predicts.
-func eventLog(fw, uki []byte, sh build.Shape, secureBoot bool) (*tdxtest.EventLog, error) {
+func eventLog(fw, uki []byte, sh reference.Shape, secureBoot bool) (*tdxtest.EventLog, error) {
 	l := tdxtest.NewEventLog()
 	im, err := ovmf.Parse(fw)
 	if err != nil {
@@ -231,7 +231,7 @@ func eventLog(fw, uki []byte, sh build.Shape, secureBoot bool) (*tdxtest.EventLo
 		l.Append(mrRTMR1, typ, [48]byte(d), data)
 	}
 	// RTMR2: what the stub and kernel extend through the CC protocol
-	// (nothing for today's image, build.ImageCC).
+	// (nothing for today's image, reference.ImageCC).
 	p, err := measure.ParsePE(uki)
 	if err != nil {
 		return nil, fmt.Errorf("launch.uki: %w", err)
@@ -240,7 +240,7 @@ func eventLog(fw, uki []byte, sh build.Shape, secureBoot bool) (*tdxtest.EventLo
 	if k == nil {
 		return nil, fmt.Errorf("launch.uki: no .linux section")
 	}
-	for i, d := range cvmtdx.RTMR2Events(p, measure.InspectKernel(p.Memory(k)), build.ImageCC) {
+	for i, d := range cvmtdx.RTMR2Events(p, measure.InspectKernel(p.Memory(k)), reference.ImageCC) {
 		l.Append(mrRTMR2, tdxtest.EvIPL, [48]byte(d), fmt.Appendf(nil, "palisade-cvm RTMR2 event %d", i))
 	}
 	return l, nil

@@ -19,6 +19,7 @@ import (
 
 	"github.com/palisade-cc/palisade/images/build"
 	"github.com/palisade-cc/palisade/internal/attest"
+	"github.com/palisade-cc/palisade/internal/cvm/reference"
 )
 
 func main() {
@@ -121,7 +122,7 @@ func cmdBuild(ctx context.Context, args []string) error {
 		opts.TPMFirmware = f
 	}
 	if *fw != "" {
-		f, err := build.LoadFirmware(*fw)
+		f, err := reference.LoadFirmware(*fw)
 		if err != nil {
 			return fmt.Errorf("--firmware: %w", err)
 		}
@@ -130,7 +131,7 @@ func cmdBuild(ctx context.Context, args []string) error {
 		return fmt.Errorf("--tdx-boots needs --firmware")
 	}
 	if *boots != "" {
-		b, err := build.LoadTDXBoots(*boots)
+		b, err := reference.LoadTDXBoots(*boots)
 		if err != nil {
 			return fmt.Errorf("--tdx-boots: %w", err)
 		}

@@ -7,7 +7,7 @@ package fwtest
 import (
 	"encoding/binary"
 
-	"github.com/palisade-cc/palisade/images/cvm/ovmf"
+	"github.com/palisade-cc/palisade/internal/cvm/ovmf"
 )
 
 // Size of a synthetic image: 64 KiB, mapped at 4 GiB − 64 KiB.

@@ -2,7 +2,7 @@
 // launcher: the GUIDed footer table, SEV metadata, SEV hashes table, SEV-ES reset block and TDX metadata.
 //
 // It only parses, without I/O; the launch measurements that use these tables
-// are computed by images/cvm/snp and images/cvm/tdx.
+// are computed by internal/cvm/snp and internal/cvm/tdx.
 package ovmf
 
 import (

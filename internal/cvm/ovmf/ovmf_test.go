@@ -8,8 +8,8 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
-	"github.com/palisade-cc/palisade/images/cvm/internal/fwtest"
-	"github.com/palisade-cc/palisade/images/cvm/ovmf"
+	"github.com/palisade-cc/palisade/internal/cvm/internal/fwtest"
+	"github.com/palisade-cc/palisade/internal/cvm/ovmf"
 )
 
 func TestGUIDRoundTrip(t *testing.T) {

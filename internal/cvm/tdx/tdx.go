@@ -11,7 +11,7 @@ import (
 	"fmt"
 	"hash"
 
-	"github.com/palisade-cc/palisade/images/cvm/ovmf"
+	"github.com/palisade-cc/palisade/internal/cvm/ovmf"
 	"github.com/palisade-cc/palisade/internal/measure"
 )
 

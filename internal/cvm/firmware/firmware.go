@@ -2,7 +2,7 @@
 // AmdSev build and TDVF, built by scripts/firmware.sh from Debian's edk2 source.
 //
 // It finds and checks the built files; it does not build them (the script
-// does) nor compute launch measurements (images/cvm does).
+// does) nor compute launch measurements (internal/cvm does).
 package firmware
 
 import (

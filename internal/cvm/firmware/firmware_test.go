@@ -26,7 +26,7 @@ func TestLoad(t *testing.T) {
 // TestLoadBuilt checks the files of this checkout's build when
 // scripts/firmware.sh has run.
 func TestLoadBuilt(t *testing.T) {
-	dirs, _ := filepath.Glob("../../out/firmware/*/SHA256SUMS")
+	dirs, _ := filepath.Glob("../../../out/firmware/*/SHA256SUMS")
 	if len(dirs) == 0 {
 		if os.Getenv("PALISADE_CROSSCHECK") == "1" {
 			t.Fatal("PALISADE_CROSSCHECK=1 but there is no out/firmware build")

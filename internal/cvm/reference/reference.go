@@ -1,4 +1,9 @@
-package build
+// Package reference computes an image's confidential-VM reference values
+// (SEV-SNP MEASUREMENT per VM shape, TDX MRTD and RTMR1–3) from the UKI and
+// the pinned firmware: images build writes them into the manifest, the CVM
+// emulator of the VM tier launches with them, and verifier image
+// recomputes them to check a manifest independently of whoever built it.
+package reference
 
 import (
 	"bytes"
@@ -9,10 +14,10 @@ import (
 	"os"
 	"strings"
 
-	"github.com/palisade-cc/palisade/images/cvm/snp"
-	"github.com/palisade-cc/palisade/images/cvm/tdx"
-	"github.com/palisade-cc/palisade/images/firmware"
 	"github.com/palisade-cc/palisade/internal/attest"
+	"github.com/palisade-cc/palisade/internal/cvm/firmware"
+	"github.com/palisade-cc/palisade/internal/cvm/snp"
+	"github.com/palisade-cc/palisade/internal/cvm/tdx"
 	"github.com/palisade-cc/palisade/internal/measure"
 )
 
@@ -243,4 +248,23 @@ func CVMReferences(ukiFile []byte, o CVMOptions) (refs []attest.Reference, missi
 		}
 	}
 	return refs, missing, nil
+}
+
+// CheckDirectBoot checks that what a CVM launcher takes out of the UKI is
+// what the build put in, so the launch digest covers the built files.
+func CheckDirectBoot(ukiFile []byte, files map[string][]byte) error {
+	b, err := DirectBoot(ukiFile)
+	if err != nil {
+		return err
+	}
+	for _, c := range []struct {
+		name      string
+		got, want []byte
+	}{{"vmlinuz", b.Kernel, files["vmlinuz"]}, {"initrd.img", b.Initrd, files["initrd.img"]},
+		{"cmdline", []byte(b.Cmdline), files["cmdline"]}} {
+		if !bytes.Equal(c.got, c.want) {
+			return fmt.Errorf("uki: direct-boot %s (%d bytes) differs from the built file (%d bytes)", c.name, len(c.got), len(c.want))
+		}
+	}
+	return nil
 }

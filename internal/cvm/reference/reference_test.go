@@ -1,4 +1,4 @@
-package build
+package reference
 
 import (
 	"bytes"
@@ -9,11 +9,11 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
-	"github.com/palisade-cc/palisade/images/cvm/ovmf"
-	"github.com/palisade-cc/palisade/images/cvm/snp"
-	"github.com/palisade-cc/palisade/images/cvm/tdx"
-	"github.com/palisade-cc/palisade/images/firmware"
 	"github.com/palisade-cc/palisade/internal/attest"
+	"github.com/palisade-cc/palisade/internal/cvm/firmware"
+	"github.com/palisade-cc/palisade/internal/cvm/ovmf"
+	"github.com/palisade-cc/palisade/internal/cvm/snp"
+	"github.com/palisade-cc/palisade/internal/cvm/tdx"
 )
 
 // noise fills n bytes deterministically (xorshift32).
@@ -146,7 +146,7 @@ func testTDXBoot(shape string) TDXBoot {
 }
 
 func TestCVMReferences(t *testing.T) {
-	ti := newTestImage(t, Cmdlines["production"])
+	ti := newTestImage(t, "console=ttyS0 panic=-1 rdinit=/init")
 	fw := Firmware{SNP: testFirmware(1), TDX: testFirmware(2)}
 	refs, missing, err := CVMReferences(ti.uki, CVMOptions{Image: "production", Firmware: fw, Shapes: Shapes,
 		SNP: attest.SNPReference{Product: "Milan"}, TDXBoots: []TDXBoot{testTDXBoot("1cpu-epyc-v4")}})
@@ -307,11 +307,11 @@ func TestDirectBoot(t *testing.T) {
 		t.Errorf("(-want +got):\n%s", d)
 	}
 	files := map[string][]byte{"vmlinuz": ti.kernel, "initrd.img": ti.initrd, "cmdline": []byte("console=ttyS0 rdinit=/init")}
-	if err := checkDirectBoot(ti.uki, files); err != nil {
+	if err := CheckDirectBoot(ti.uki, files); err != nil {
 		t.Error(err)
 	}
 	files["initrd.img"] = append(bytes.Clone(ti.initrd), 0)
-	if err := checkDirectBoot(ti.uki, files); err == nil || !strings.Contains(err.Error(), "initrd.img") {
+	if err := CheckDirectBoot(ti.uki, files); err == nil || !strings.Contains(err.Error(), "initrd.img") {
 		t.Errorf("changed initrd: err = %v, want one naming initrd.img", err)
 	}
 }
@@ -319,7 +319,7 @@ func TestDirectBoot(t *testing.T) {
 // TestLoadFirmware reads the real pinned build when scripts/firmware.sh has
 // produced one, and refuses a copy with one byte changed.
 func TestLoadFirmware(t *testing.T) {
-	dirs, _ := filepath.Glob("../../out/firmware/*/SHA256SUMS")
+	dirs, _ := filepath.Glob("../../../out/firmware/*/SHA256SUMS")
 	if len(dirs) == 0 {
 		if os.Getenv("PALISADE_CROSSCHECK") == "1" {
 			t.Fatal("PALISADE_CROSSCHECK=1 but there is no out/firmware build")

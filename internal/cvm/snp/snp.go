@@ -13,7 +13,7 @@ import (
 	"sort"
 	"strings"
 
-	"github.com/palisade-cc/palisade/images/cvm/ovmf"
+	"github.com/palisade-cc/palisade/internal/cvm/ovmf"
 )
 
 // DigestSize is the size of the launch digest (SHA-384).

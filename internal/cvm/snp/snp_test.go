@@ -12,9 +12,9 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
-	"github.com/palisade-cc/palisade/images/cvm/internal/fwtest"
-	"github.com/palisade-cc/palisade/images/cvm/ovmf"
-	"github.com/palisade-cc/palisade/images/cvm/snp"
+	"github.com/palisade-cc/palisade/internal/cvm/internal/fwtest"
+	"github.com/palisade-cc/palisade/internal/cvm/ovmf"
+	"github.com/palisade-cc/palisade/internal/cvm/snp"
 )
 
 // crossChecked are launch digests printed by an independent implementation,
