@@ -22,6 +22,7 @@ import (
 
 	"github.com/palisade-cc/palisade/internal/atls"
 	"github.com/palisade-cc/palisade/internal/attest"
+	"github.com/palisade-cc/palisade/internal/cvm/reference"
 	"github.com/palisade-cc/palisade/keyd/api"
 	"github.com/palisade-cc/palisade/verifier/config"
 )
@@ -63,6 +64,10 @@ type Env struct {
 	// Transport, if set, wraps the HTTP transport to keyd (inside aTLS):
 	// tests use it to play a keyd that lies in its answers.
 	Transport func(http.RoundTripper) http.RoundTripper
+	// LoadFirmware reads `image --firmware`'s directory (nil:
+	// reference.LoadFirmware, which checks the pinned digests); tests
+	// hand synthetic firmware through it.
+	LoadFirmware func(dir string) (*reference.Firmware, error)
 }
 
 type command struct {

@@ -15,8 +15,10 @@ import (
 	"strings"
 	"time"
 
+	"github.com/palisade-cc/palisade/initramfs/api"
 	"github.com/palisade-cc/palisade/internal/attest"
 	"github.com/palisade-cc/palisade/internal/boundedfile"
+	"github.com/palisade-cc/palisade/internal/cvm/reference"
 	"github.com/palisade-cc/palisade/internal/manifest"
 	"github.com/palisade-cc/palisade/internal/measure"
 	"github.com/palisade-cc/palisade/verifier/config"
@@ -36,21 +38,25 @@ const (
 )
 
 func cmdImage() *command {
-	var dir string
+	var dir, fwDir string
 	var last uint64
 	return &command{
 		name: "image", usage: "image MANIFEST",
 		help: "Check an image manifest offline: its signature by config.manifest_key, its Rekor\n" +
 			"inclusion proof against config.rekor_key (never skipped) and, with --dir, every\n" +
 			"listed file's SHA-256 and the TPM reference values (PCR4 with secure boot off\n" +
-			"and on, PCR9, PCR11) recomputed from the UKI.\n" +
+			"and on, PCR9, PCR11) recomputed from the UKI; with --firmware too, the SEV-SNP\n" +
+			"MEASUREMENT and the TDX MRTD and RTMR1-3 recomputed from the UKI and the\n" +
+			"pinned firmware (scripts/firmware.sh builds it from source; its digests are checked).\n" +
 			"Rollback: a manifest whose security version is below the highest one this\n" +
 			"command accepted before is denied; that floor is kept in the configuration\n" +
 			"directory (" + config.AcceptedVersionName + ") and raised by every accepted manifest.",
 		example: "  verifier image --dir out/image/production out/image/production/manifest.dsse\n" +
+			"  verifier image --dir out/image/production --firmware \"$(scripts/firmware.sh | tail -n 1)\" out/image/production/manifest.dsse\n" +
 			"  verifier image --last-accepted 3 manifest.dsse",
 		flags: func(fs *flag.FlagSet) {
 			fs.StringVar(&dir, "dir", "", "the image's artifacts (palisade.efi, vmlinuz, …): check digests and recompute TPM values")
+			fs.StringVar(&fwDir, "firmware", "", "the pinned confidential-VM firmware (OVMF.amdsev.fd, OVMF.inteltdx.fd): recompute SEV-SNP and TDX values (needs --dir)")
 			fs.Uint64Var(&last, "last-accepted", 0, "deny security versions below this one too (the stored floor always applies)")
 		},
 		run: func(ctx context.Context, e *Env, fs *flag.FlagSet, args []string) error {
@@ -69,11 +75,24 @@ func cmdImage() *command {
 			if err != nil {
 				return err
 			}
+			var fw *reference.Firmware
+			if fwDir != "" {
+				if dir == "" {
+					return fail(ExitUsage, "--firmware needs --dir: the values are recomputed from the image's UKI")
+				}
+				load := e.LoadFirmware
+				if load == nil {
+					load = reference.LoadFirmware
+				}
+				if fw, err = load(fwDir); err != nil {
+					return fail(ExitError, "--firmware %s: %v", fwDir, err)
+				}
+			}
 			stored, err := c.AcceptedVersion()
 			if err != nil {
 				return err
 			}
-			v, err := verifyImage(e, args[0], dir, max(last, stored), mk, lk)
+			v, err := verifyImage(e, args[0], dir, fw, max(last, stored), mk, lk)
 			if err != nil {
 				if stored > last && errors.Is(err, manifest.ErrRollback) {
 					fmt.Fprintf(e.Stderr, "verifier: the floor %d is the highest security version accepted before, kept in %s\n",
@@ -107,7 +126,7 @@ func (l *entryLog) VerifyLogProof(env []byte, proof json.RawMessage) error {
 }
 
 // verifyImage returns the accepted manifest's security version.
-func verifyImage(e *Env, bundlePath, dir string, last uint64, mk, lk crypto.PublicKey) (uint64, error) {
+func verifyImage(e *Env, bundlePath, dir string, fw *reference.Firmware, last uint64, mk, lk crypto.PublicKey) (uint64, error) {
 	b, err := boundedfile.Read(bundlePath, manifest.MaxSize)
 	if err != nil {
 		return 0, fail(ExitError, "%v", err)
@@ -145,12 +164,21 @@ func verifyImage(e *Env, bundlePath, dir string, last uint64, mk, lk crypto.Publ
 	if err != nil {
 		return 0, fail(ExitError, "%v", err)
 	}
-	lines, err := checkTPMReferences(m.References, uki)
+	lines, err := checkTPMReferences(m.References, uki, fw == nil)
 	for _, l := range lines {
 		fmt.Fprintf(w, "  %s\n", l)
 	}
 	if err != nil {
 		return 0, fail(ExitDenied, "%s: %v", dir, err)
+	}
+	if fw != nil {
+		lines, err := checkCVMReferences(m.References, uki, fw)
+		for _, l := range lines {
+			fmt.Fprintf(w, "  %s\n", l)
+		}
+		if err != nil {
+			return 0, fail(ExitDenied, "%s: %v", dir, err)
+		}
 	}
 	return m.SecurityVersion, nil
 }
@@ -160,14 +188,16 @@ func verifyImage(e *Env, bundlePath, dir string, last uint64, mk, lk crypto.Publ
 // compares them with the manifest's. It returns a report line per profile
 // and the first mismatch. Keyd's references may come from another image
 // and are not checked here; CVM references need the firmware build.
-func checkTPMReferences(refs []attest.Reference, uki []byte) ([]string, error) {
+func checkTPMReferences(refs []attest.Reference, uki []byte, cvmHint bool) ([]string, error) {
 	computed := map[bool]*measure.TPM{}
 	var lines []string
 	sorted := append([]attest.Reference(nil), refs...)
 	sort.Slice(sorted, func(i, j int) bool { return sorted[i].Profile < sorted[j].Profile })
 	for _, r := range sorted {
 		if r.Platform != attest.PlatformTPM || r.TPM == nil {
-			lines = append(lines, fmt.Sprintf("%s (%s): not recomputed here (needs the firmware build: images build --firmware)", r.Profile, r.Platform))
+			if cvmHint {
+				lines = append(lines, fmt.Sprintf("%s (%s): not recomputed (pass --firmware, the directory scripts/firmware.sh prints)", r.Profile, r.Platform))
+			}
 			continue
 		}
 		var sb bool
@@ -213,4 +243,130 @@ func checkTPMReferences(refs []attest.Reference, uki []byte) ([]string, error) {
 		lines = append(lines, l)
 	}
 	return lines, nil
+}
+
+// imageProfiles are the image profiles a CVM reference may name
+// (initramfs/api's profiles).
+var imageProfiles = []string{api.ProfileProduction, api.ProfileControlPlane, api.ProfileDebug}
+
+// cvmTarget is what a CVM profile name says was measured: the firmware
+// (by digest prefix), the VM shape, Secure Boot (TDX) and the image.
+type cvmTarget struct {
+	shape      reference.Shape
+	secureBoot bool
+	image      string
+}
+
+// cvmTargets maps every CVM profile name this firmware can produce to what
+// it measured.
+func cvmTargets(fw *reference.Firmware) map[string]cvmTarget {
+	out := map[string]cvmTarget{}
+	for _, img := range imageProfiles {
+		for _, sh := range reference.Shapes {
+			out[reference.SNPProfile(fw.SNP, sh.Name, img)] = cvmTarget{shape: sh, image: img}
+			for _, sb := range []bool{false, true} {
+				out[reference.TDXProfile(fw.TDX, sh.Name, sb, img)] = cvmTarget{shape: sh, secureBoot: sb, image: img}
+			}
+		}
+	}
+	return out
+}
+
+// checkCVMReferences recomputes each SEV-SNP and TDX reference of the
+// manifest whose profile names this firmware, with the code images build
+// uses (internal/cvm/reference): the SEV-SNP MEASUREMENT of its shape, and
+// TDX MRTD and RTMR1-3 (RTMR0, the TD attributes and XFAM come from a
+// reference boot and are taken as recorded). A reference built for another
+// firmware is reported, not recomputed; a platform of which no reference
+// could be recomputed is an error, as is any mismatch.
+func checkCVMReferences(refs []attest.Reference, uki []byte, fw *reference.Firmware) ([]string, error) {
+	targets := cvmTargets(fw)
+	var lines []string
+	checked := map[attest.Platform]int{}
+	seen := map[attest.Platform]int{}
+	sorted := append([]attest.Reference(nil), refs...)
+	sort.Slice(sorted, func(i, j int) bool { return sorted[i].Profile < sorted[j].Profile })
+	for _, r := range sorted {
+		if r.Platform != attest.PlatformSNP && r.Platform != attest.PlatformTDX {
+			continue
+		}
+		seen[r.Platform]++
+		tg, ok := targets[r.Profile]
+		if !ok {
+			lines = append(lines, fmt.Sprintf("%s (%s): not recomputed: built for another firmware or VM shape than --firmware's", r.Profile, r.Platform))
+			continue
+		}
+		var err error
+		switch {
+		case r.Platform == attest.PlatformSNP && r.SNP != nil:
+			err = recomputeSNP(r, tg, uki, fw)
+			if err == nil {
+				lines = append(lines, fmt.Sprintf("%s: measurement recomputed from %s and the firmware: match", r.Profile, ukiName))
+			}
+		case r.Platform == attest.PlatformTDX && r.TDX != nil:
+			err = recomputeTDX(r, tg, uki, fw)
+			if err == nil {
+				lines = append(lines, fmt.Sprintf("%s: mrtd rtmr1 rtmr2 rtmr3 recomputed from %s and the firmware: match (rtmr0, td_attributes, xfam: recorded from a reference boot)", r.Profile, ukiName))
+			}
+		default:
+			err = attest.Denyf(attest.ClassMeasurement, "profile %s: platform %s without its values", r.Profile, r.Platform)
+		}
+		if err != nil {
+			return lines, err
+		}
+		checked[r.Platform]++
+	}
+	for _, p := range []attest.Platform{attest.PlatformSNP, attest.PlatformTDX} {
+		if seen[p] > 0 && checked[p] == 0 {
+			return lines, attest.Denyf(attest.ClassMeasurement, "none of the manifest's %d %s references is for --firmware's build: nothing of %s could be recomputed", seen[p], p, p)
+		}
+	}
+	if len(seen) == 0 {
+		lines = append(lines, "the manifest has no SEV-SNP or TDX references")
+	}
+	return lines, nil
+}
+
+func recomputeSNP(r attest.Reference, tg cvmTarget, uki []byte, fw *reference.Firmware) error {
+	pol := *r.SNP
+	pol.Measurement = nil
+	got, _, err := reference.CVMReferences(uki, reference.CVMOptions{Image: tg.image,
+		Firmware: reference.Firmware{SNP: fw.SNP}, Shapes: []reference.Shape{tg.shape}, SNP: pol})
+	if err != nil {
+		return attest.Denyf(attest.ClassMeasurement, "profile %s: %v", r.Profile, err)
+	}
+	if len(got) != 1 || got[0].Profile != r.Profile {
+		return attest.Denyf(attest.ClassInternal, "profile %s: recomputed %d references", r.Profile, len(got))
+	}
+	if !bytes.Equal(got[0].SNP.Measurement, r.SNP.Measurement) {
+		return attest.Denyf(attest.ClassMeasurement, "profile %s: measurement is %x in the manifest, %x recomputed from %s and the firmware",
+			r.Profile, []byte(r.SNP.Measurement), []byte(got[0].SNP.Measurement), ukiName)
+	}
+	return nil
+}
+
+func recomputeTDX(r attest.Reference, tg cvmTarget, uki []byte, fw *reference.Firmware) error {
+	rec := *r.TDX
+	rec.MRTD = nil
+	rec.RTMR[1], rec.RTMR[2], rec.RTMR[3] = nil, nil, nil
+	got, missing, err := reference.CVMReferences(uki, reference.CVMOptions{Image: tg.image,
+		Firmware: reference.Firmware{TDX: fw.TDX}, Shapes: []reference.Shape{tg.shape},
+		TDXBoots: []reference.TDXBoot{{Shape: tg.shape.Name, SecureBoot: tg.secureBoot, Reference: rec}}})
+	if err != nil {
+		return attest.Denyf(attest.ClassMeasurement, "profile %s: %v", r.Profile, err)
+	}
+	if len(got) != 1 || got[0].Profile != r.Profile {
+		return attest.Denyf(attest.ClassInternal, "profile %s: recomputed %d references (%s)", r.Profile, len(got), strings.Join(missing, "; "))
+	}
+	c := got[0].TDX
+	for _, v := range []struct {
+		name      string
+		want, got []byte
+	}{{"mrtd", r.TDX.MRTD, c.MRTD}, {"rtmr1", r.TDX.RTMR[1], c.RTMR[1]}, {"rtmr2", r.TDX.RTMR[2], c.RTMR[2]}, {"rtmr3", r.TDX.RTMR[3], c.RTMR[3]}} {
+		if !bytes.Equal(v.want, v.got) {
+			return attest.Denyf(attest.ClassMeasurement, "profile %s: %s is %x in the manifest, %x recomputed from %s and the firmware",
+				r.Profile, v.name, v.want, v.got, ukiName)
+		}
+	}
+	return nil
 }

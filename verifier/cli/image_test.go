@@ -10,12 +10,15 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
 	"golang.org/x/mod/sumdb/note"
 
 	"github.com/palisade-cc/palisade/internal/attest"
+	"github.com/palisade-cc/palisade/internal/cvm/fwtest"
+	"github.com/palisade-cc/palisade/internal/cvm/reference"
 	"github.com/palisade-cc/palisade/internal/manifest"
 	"github.com/palisade-cc/palisade/internal/manifest/rekortest"
 	"github.com/palisade-cc/palisade/internal/measure"
@@ -127,7 +130,7 @@ func (w *imageWorld) bundle(t *testing.T, key crypto.Signer, sv uint64, edit fun
 		t.Fatal(err)
 	}
 	m := &manifest.Manifest{Version: manifest.SchemaVersion, ImageVersion: "v1", SecurityVersion: sv,
-		Files: files, References: w.refs, Keyd: w.refs}
+		Files: files, References: slices.Clone(w.refs), Keyd: slices.Clone(w.refs)}
 	if edit != nil {
 		edit(m)
 	}
@@ -370,4 +373,112 @@ func TestImageRollbackFloor(t *testing.T) {
 	}
 	write(t, floor, []byte("four\n"))
 	step(p4, ExitError, "is not a security version")
+}
+
+// cvmWorld adds SEV-SNP and TDX references of a synthetic firmware, as
+// images build computes them, to an image world.
+func cvmWorld(t *testing.T) (*imageWorld, *reference.Firmware) {
+	t.Helper()
+	w := newImageWorld(t)
+	sev := fwtest.DefaultSEV()
+	fw := &reference.Firmware{SNP: fwtest.Image(&sev, nil), TDX: fwtest.Image(nil, fwtest.DefaultTDX())}
+	uki, err := os.ReadFile(filepath.Join(w.artifacts, ukiName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	boot := attest.TDXReference{RTMR: [4]attest.HexBytes{bytes.Repeat([]byte{0xa0}, 48)},
+		TDAttributes: make([]byte, 8), XFAM: []byte{0xe7, 0x02, 0x06, 0, 0, 0, 0, 0}, SeptVEDisable: true, MinTEETCBSVN: make([]byte, 16)}
+	refs, missing, err := reference.CVMReferences(uki, reference.CVMOptions{Image: "production", Firmware: *fw,
+		Shapes: reference.Shapes, SNP: attest.SNPReference{Product: "Milan"},
+		TDXBoots: []reference.TDXBoot{{Shape: reference.Shapes[0].Name, Reference: boot}}})
+	if err != nil || len(refs) != len(reference.Shapes)+1 {
+		t.Fatalf("CVMReferences: %d refs, %v (missing %v)", len(refs), err, missing)
+	}
+	w.refs = append(w.refs, refs...)
+	return w, fw
+}
+
+func (w *imageWorld) runFirmware(t *testing.T, fw *reference.Firmware, args ...string) (int, string, string) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	load := func(string) (*reference.Firmware, error) { return fw, nil }
+	code := Run(context.Background(), append([]string{"image", "--firmware", "fw-dir"}, args...),
+		Env{Stdout: &out, Stderr: &errb, ConfigDir: w.cfgDir, LoadFirmware: load})
+	return code, out.String(), errb.String()
+}
+
+// TestImageCVM: with --firmware, every SEV-SNP and TDX value the build
+// computed is recomputed from the UKI and the firmware; one changed value
+// in a signed, logged manifest is a denial naming the profile and value.
+func TestImageCVM(t *testing.T) {
+	w, fw := cvmWorld(t)
+	p, _ := w.bundle(t, w.key, 1, nil)
+	code, out, errs := w.runFirmware(t, fw, "--dir", w.artifacts, p)
+	if code != ExitOK {
+		t.Fatalf("exit %d\n%s%s", code, out, errs)
+	}
+	for _, sh := range reference.Shapes {
+		if want := reference.SNPProfile(fw.SNP, sh.Name, "production") + ": measurement recomputed"; !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+	if want := reference.TDXProfile(fw.TDX, reference.Shapes[0].Name, false, "production") + ": mrtd rtmr1 rtmr2 rtmr3 recomputed"; !strings.Contains(out, want) {
+		t.Errorf("output lacks %q:\n%s", want, out)
+	}
+
+	flip := func(b attest.HexBytes) attest.HexBytes { c := bytes.Clone(b); c[0] ^= 1; return c }
+	for name, c := range map[string]struct {
+		edit func(*manifest.Manifest)
+		want string
+	}{
+		"snp measurement": {func(m *manifest.Manifest) {
+			for i := range m.References {
+				if r := &m.References[i]; r.SNP != nil {
+					s := *r.SNP
+					s.Measurement = flip(s.Measurement)
+					r.SNP = &s
+					return
+				}
+			}
+		}, "measurement is"},
+		"tdx rtmr1": {func(m *manifest.Manifest) {
+			for i := range m.References {
+				if r := &m.References[i]; r.TDX != nil {
+					x := *r.TDX
+					x.RTMR[1] = flip(x.RTMR[1])
+					r.TDX = &x
+				}
+			}
+		}, "rtmr1 is"},
+		"tdx mrtd": {func(m *manifest.Manifest) {
+			for i := range m.References {
+				if r := &m.References[i]; r.TDX != nil {
+					x := *r.TDX
+					x.MRTD = flip(x.MRTD)
+					r.TDX = &x
+				}
+			}
+		}, "mrtd is"},
+		"only another firmware's": {func(m *manifest.Manifest) {
+			var keep []attest.Reference
+			for _, r := range m.References {
+				if r.SNP != nil {
+					r.Profile = strings.Replace(r.Profile, "sev-snp-ovmf-", "sev-snp-ovmf-0", 1)
+				}
+				keep = append(keep, r)
+			}
+			m.References = keep
+		}, "none of the manifest's 2 sev-snp references"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			p, _ := w.bundle(t, w.key, 1, c.edit)
+			code, out, errs := w.runFirmware(t, fw, "--dir", w.artifacts, p)
+			if code != ExitDenied || !strings.Contains(errs, c.want) {
+				t.Fatalf("exit %d, want %d with %q:\n%s%s", code, ExitDenied, c.want, out, errs)
+			}
+		})
+	}
+	if code, _, errs := w.runFirmware(t, fw, p); code != ExitUsage || !strings.Contains(errs, "--firmware needs --dir") {
+		t.Errorf("--firmware without --dir: exit %d %s", code, errs)
+	}
 }

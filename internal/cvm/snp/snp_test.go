@@ -12,7 +12,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
-	"github.com/palisade-cc/palisade/internal/cvm/internal/fwtest"
+	"github.com/palisade-cc/palisade/internal/cvm/fwtest"
 	"github.com/palisade-cc/palisade/internal/cvm/ovmf"
 	"github.com/palisade-cc/palisade/internal/cvm/snp"
 )
