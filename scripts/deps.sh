@@ -19,7 +19,7 @@ for tier in "$@"; do
 	image) pkgs+=(systemd-boot-efi systemd binutils kmod cpio dpkg apt) ;;
 	firmware) pkgs+=(build-essential uuid-dev acpica-tools nasm python3 python3-distutils dpkg-dev) ;;
 	bench) pkgs+=(kea-admin kea-dhcp4-server dnsmasq-base tftpd-hpa nginx wrk util-linux curl iperf3 wireguard-tools) ;;
-	vm | demo) pkgs+=(qemu-system-x86 ipxe-qemu ovmf swtpm swtpm-tools tpm2-tools iproute2 dnsmasq) ;;
+	vm | demo) pkgs+=(qemu-system-x86 ovmf swtpm swtpm-tools tpm2-tools iproute2 dnsmasq) ;;
 	*) echo "deps.sh: unknown tier $tier (want unit, image, firmware, bench, vm or demo)" >&2; exit 2 ;;
 	esac
 done

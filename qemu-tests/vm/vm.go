@@ -65,10 +65,15 @@ type Config struct {
 	// boot device; MAC defaults to 52:54:00:xx from the name.
 	Net *Network
 	MAC string
-	// NIC is the NIC model: "" (virtio-net, with OVMF's own driver) or
-	// NICE1000E (an Intel 82574L, as on physical servers; OVMF boots it
-	// through iPXE's EFI option ROM from ipxe-qemu).
+	// NIC is the NIC model: "" (virtio-net, OVMF's own driver, the boot
+	// device) or NICE1000E (an Intel 82574L, as on physical servers). The
+	// e1000e carries no option ROM: QEMU's is iPXE, which would boot the
+	// node itself and so measure another boot path than a server's
+	// firmware; firmware boots such a VM from ESP.
 	NIC string
+	// ESP, if set, is a directory the VM sees as a FAT disk (QEMU's vvfat,
+	// read-only) and boots first: EFI/BOOT/BOOTX64.EFI in it.
+	ESP string
 	// Kernel, Initrd and Append boot a kernel directly (QEMU fw_cfg)
 	// instead of the network.
 	Kernel, Initrd, Append string
@@ -89,10 +94,6 @@ const (
 	NICE1000E = "e1000e"
 	DiskNVMe  = "nvme"
 )
-
-// e1000eROM is iPXE's EFI ROM for the e1000e (Debian's ipxe-qemu); OVMF has
-// no driver of its own for Intel NICs.
-const e1000eROM = "/usr/lib/ipxe/qemu/efi-e1000e.rom"
 
 // VM is a running QEMU.
 type VM struct {
@@ -160,10 +161,14 @@ func Start(t testing.TB, c Config) *VM {
 			// romfile= : OVMF's own virtio-net driver, not iPXE's ROM.
 			args = append(args, "-device", "virtio-net-pci,netdev=n0,mac="+c.MAC+",romfile=,bootindex=1")
 		case NICE1000E:
-			args = append(args, "-device", "e1000e,netdev=n0,mac="+c.MAC+",romfile="+e1000eROM+",bootindex=1")
+			args = append(args, "-device", "e1000e,netdev=n0,mac="+c.MAC+",romfile=")
 		default:
 			t.Fatalf("vm %s: NIC %q, want \"\" (virtio) or %q", c.Name, c.NIC, NICE1000E)
 		}
+	}
+	if c.ESP != "" {
+		args = append(args, "-drive", "if=none,id=esp,format=raw,readonly=on,file=fat:"+c.ESP,
+			"-device", "virtio-blk-pci,drive=esp,bootindex=0")
 	}
 	if c.Kernel != "" {
 		args = append(args, "-kernel", c.Kernel, "-initrd", c.Initrd, "-append", c.Append)
