@@ -398,6 +398,12 @@ func (j *joiner) run(ctx context.Context) (*Admission, error) {
 				fmt.Fprintf(j.deps.Console, "attestd: %v\n", err)
 				return nil, err
 			}
+			if ctx.Err() != nil && last != nil {
+				// The deadline cut this attempt short: the last whole
+				// attempt's reason is the one worth reporting.
+				j.log.Warn("keyd attempt cut short by the deadline", "keyd", addr, "round", round, "err", err)
+				break
+			}
 			last = fmt.Errorf("keyd %s: %w", addr, err)
 			j.log.Warn("keyd attempt failed", "keyd", addr, "round", round, "err", err)
 		}
