@@ -288,6 +288,35 @@ func TestCancel(t *testing.T) {
 	}
 }
 
+// TestGuestGoneMidAnswer: a guest that leaves while its quote is being
+// made ends Serve as an EOF does, not with a write error.
+func TestGuestGoneMidAnswer(t *testing.T) {
+	h := &fakeHandler{platform: attest.PlatformTDX, block: make(chan struct{})}
+	guest, host := pair(t)
+	done := make(chan error, 1)
+	go func() { done <- Serve(context.Background(), host, h) }()
+	c, err := newClient(context.Background(), guest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if _, err := c.Quote(ctx, rd(0)); err == nil {
+		t.Fatal("quote answered while the handler blocks")
+	}
+	c.Close()
+	guest.Close()
+	close(h.block) // the answer is written to a closed guest
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("Serve = %v, want nil when the guest went away", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Serve did not return after the guest left")
+	}
+}
+
 func TestHandlerError(t *testing.T) {
 	h := &fakeHandler{platform: attest.PlatformSNP, err: errors.New("launched file changed: initrd")}
 	c, err := newClient(context.Background(), serve(t, h))

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"syscall"
 	"time"
 
 	"github.com/palisade-cc/palisade/internal/attest"
@@ -85,6 +86,9 @@ func Serve(ctx context.Context, rw io.ReadWriter, h Handler) error {
 		if err := writeFrame(rw, out); err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
+			}
+			if errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNRESET) {
+				return nil // the guest went away while its answer was made, as at EOF
 			}
 			return fmt.Errorf("cvmport: write %s response: %w", q.Op, err)
 		}
